@@ -1,0 +1,122 @@
+"""Span names and attribute keys: the contract between the collector and the analysis.
+
+Every attribute the collector writes is declared here once, with its type and
+meaning; ``docs/spans.md`` is generated from this table (``python -m
+otel_kernelnet.semconv``), and the analysis package reads spans by these names.
+OpenTelemetry semantic-convention names are used where one exists; everything
+else lives under the ``kernelnet.`` prefix.
+
+Pure data: importing this module pulls in nothing else (the analysis package uses it
+without bcc or the OTel SDK).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- span names (one per family) -------------------------------------------------
+SPAN_DROP = "kernel.skb.drop"  #: a packet freed with a drop reason (skb:kfree_skb)
+SPAN_SKB = "kernel.skb.lifecycle"  #: receive path of one skb, arrival -> read/drop
+SPAN_SOFTIRQ = "kernel.softirq"  #: one NET_RX/NET_TX softirq: raise -> entry -> exit
+SPAN_RECLAIM = "kernel.reclaim"  #: direct or memcg reclaim of one task
+SPAN_TCP_EVENT = "kernel.tcp"  #: a TCP event (retransmit, reset, state, overflow)
+SPAN_COUNTER = "kernel.counter"  #: a jump of a per-netns SNMP counter
+
+# --- values of kernelnet.kind ---------------------------------------------------------
+KIND_DROP = "drop"
+KIND_SKB = "skb"
+KIND_SOFTIRQ = "softirq"
+KIND_RECLAIM = "reclaim"
+KIND_TCP_RETRANSMIT = "tcp.retransmit"
+KIND_TCP_RESET_SENT = "tcp.reset.sent"
+KIND_TCP_RESET_RECEIVED = "tcp.reset.received"
+KIND_TCP_CONG_STATE = "tcp.cong_state"
+KIND_TCP_CONNECT = "tcp.connect"
+KIND_LISTEN_OVERFLOW = "tcp.listen_overflow"
+KIND_COUNTER = "counter"
+
+SCOPE_NAME = "otel-kernelnet"
+SERVICE_NAME = "otel-kernelnet"
+
+
+@dataclass(frozen=True)
+class Attr:
+    key: str
+    type: str  # "string" | "int" | "bool" | "double"
+    brief: str
+    families: tuple[str, ...] = ()  # kernelnet.kind values that carry it ("*" = all)
+
+
+_ALL = ("*",)
+_SOCKET = (KIND_DROP, KIND_SKB, KIND_TCP_RETRANSMIT, KIND_TCP_RESET_SENT,
+           KIND_TCP_RESET_RECEIVED, KIND_TCP_CONG_STATE, KIND_TCP_CONNECT)
+
+ATTRIBUTES: tuple[Attr, ...] = (
+    # common
+    Attr("kernelnet.kind", "string", "Family of the kernel span (drop, skb, softirq, reclaim, tcp.*, counter).", _ALL),
+    Attr("kernelnet.cpu", "int", "CPU the kernel event happened on.", _ALL),
+    Attr("kernelnet.netns", "int", "Network namespace inode number (as in /proc/PID/ns/net).", _SOCKET + (KIND_COUNTER, KIND_LISTEN_OVERFLOW)),
+    Attr("kernelnet.socket.cookie", "int", "Socket cookie (getsockopt SO_COOKIE) of the socket involved; the join key with application spans.", _SOCKET),
+    Attr("kernelnet.join", "string", "How the span was attached to an application span: 'cookie' or 'inferred' (4-tuple).", _SOCKET),
+    Attr("process.pid", "int", "Task running when the event fired (in softirq context: the interrupted task, not the socket owner).", _ALL),
+    Attr("thread.id", "int", "Thread id of that task.", _ALL),
+    Attr("process.command", "string", "comm of that task.", _ALL),
+    # packet and socket addressing (semantic conventions)
+    Attr("network.transport", "string", "tcp, udp, ... (lowercase).", _SOCKET),
+    Attr("network.type", "string", "ipv4 or ipv6.", _SOCKET),
+    Attr("source.address", "string", "Packet source address.", (KIND_DROP, KIND_SKB)),
+    Attr("source.port", "int", "Packet source port.", (KIND_DROP, KIND_SKB)),
+    Attr("destination.address", "string", "Packet destination address.", (KIND_DROP, KIND_SKB)),
+    Attr("destination.port", "int", "Packet destination port.", (KIND_DROP, KIND_SKB)),
+    Attr("network.local.address", "string", "Local address of the socket.", _SOCKET[1:]),
+    Attr("network.local.port", "int", "Local port of the socket.", _SOCKET[1:]),
+    Attr("network.peer.address", "string", "Peer address of the socket.", _SOCKET[1:]),
+    Attr("network.peer.port", "int", "Peer port of the socket.", _SOCKET[1:]),
+    Attr("network.interface.name", "string", "Interface the packet was on.", (KIND_DROP, KIND_SKB)),
+    Attr("network.connection.state", "string", "TCP state (semconv spelling: established, syn_sent, ...).", (KIND_TCP_RETRANSMIT, KIND_TCP_RESET_SENT, KIND_TCP_RESET_RECEIVED, KIND_TCP_CONNECT)),
+    # drops
+    Attr("kernelnet.drop.reason", "string", "Drop reason name from the running kernel (NO_SOCKET, PFMEMALLOC, ...), or unknown:<n>.", (KIND_DROP, KIND_SKB)),
+    Attr("kernelnet.drop.reason_code", "int", "Numeric drop reason as the kernel reported it.", (KIND_DROP, KIND_SKB)),
+    Attr("kernelnet.drop.location", "string", "Kernel function that freed the packet (symbol+offset).", (KIND_DROP, KIND_SKB)),
+    Attr("kernelnet.skb.protocol", "int", "skb->protocol, the ethertype in host order (0x0800 IPv4, 0x86dd IPv6).", (KIND_DROP, KIND_SKB)),
+    Attr("kernelnet.skb.len", "int", "skb->len in bytes.", (KIND_DROP, KIND_SKB)),
+    Attr("kernelnet.skb.has_socket", "bool", "The kernel had already matched the packet to a receiving socket (rx_sk).", (KIND_DROP,)),
+    # softirq (issue 4)
+    Attr("kernelnet.softirq.vector", "string", "Softirq vector name from the running kernel (NET_RX, NET_TX).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.wait_ns", "int", "raise -> entry: how long the softirq waited to run.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.run_ns", "int", "entry -> exit: how long it ran.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.comm", "string", "Task that held the CPU longest while the softirq waited.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.pid", "int", "Its pid.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.ns", "int", "How long it held the CPU during the wait.", (KIND_SOFTIRQ,)),
+    # reclaim (issue 4)
+    Attr("kernelnet.reclaim.type", "string", "direct, memcg or kswapd.", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.order", "int", "Allocation order that triggered reclaim.", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.nr_reclaimed", "int", "Pages reclaimed.", (KIND_RECLAIM,)),
+    Attr("kernelnet.cgroup.path", "string", "cgroup v2 path of the task.", (KIND_RECLAIM, KIND_SOFTIRQ)),
+    # TCP events (issue 3)
+    Attr("kernelnet.tcp.retransmit.type", "string", "syn, fast, timeout or unknown.", (KIND_TCP_RETRANSMIT,)),
+    Attr("kernelnet.tcp.reset.reason", "string", "RST reason name from the running kernel.", (KIND_TCP_RESET_SENT,)),
+    Attr("kernelnet.tcp.cong_state", "string", "Congestion state entered (Open, Disorder, CWR, Recovery, Loss).", (KIND_TCP_CONG_STATE,)),
+    Attr("kernelnet.listen.address", "string", "Listener address:port whose accept queue overflowed.", (KIND_LISTEN_OVERFLOW,)),
+    Attr("kernelnet.listen.queue_len", "int", "Accept queue length (ss Recv-Q) when sampled.", (KIND_LISTEN_OVERFLOW,)),
+    Attr("kernelnet.listen.queue_limit", "int", "Accept queue limit (ss Send-Q: min(backlog, somaxconn)).", (KIND_LISTEN_OVERFLOW,)),
+    Attr("kernelnet.netns.somaxconn", "int", "net.core.somaxconn of the listener's network namespace.", (KIND_LISTEN_OVERFLOW,)),
+    Attr("kernelnet.counter.name", "string", "SNMP/netstat counter, e.g. TcpExtListenOverflows.", (KIND_COUNTER, KIND_LISTEN_OVERFLOW)),
+    Attr("kernelnet.counter.delta", "int", "Increase of the counter over the sample interval.", (KIND_COUNTER, KIND_LISTEN_OVERFLOW)),
+)
+
+BY_KEY = {a.key: a for a in ATTRIBUTES}
+COOKIE = "kernelnet.socket.cookie"
+KIND = "kernelnet.kind"
+
+
+def markdown_table() -> str:
+    """The attribute reference as a Markdown table (docs/spans.md is made from it)."""
+    rows = ["| attribute | type | on | meaning |", "|---|---|---|---|"]
+    for a in ATTRIBUTES:
+        rows.append(f"| `{a.key}` | {a.type} | {', '.join(a.families)} | {a.brief} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown_table(), end="")
