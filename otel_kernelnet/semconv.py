@@ -81,6 +81,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("kernelnet.skb.protocol", "int", "skb->protocol, the ethertype in host order (0x0800 IPv4, 0x86dd IPv6).", (KIND_DROP, KIND_SKB)),
     Attr("kernelnet.skb.len", "int", "skb->len in bytes.", (KIND_DROP, KIND_SKB)),
     Attr("kernelnet.skb.has_socket", "bool", "The kernel had already matched the packet to a receiving socket (rx_sk).", (KIND_DROP,)),
+    Attr("kernelnet.skb.socket_role", "string", "Whose cookie/netns the drop carries: receiver (rx_sk), owner (skb->sk: a purged queue, a local sender) or none.", (KIND_DROP,)),
     # softirq (issue 4)
     Attr("kernelnet.softirq.vector", "string", "Softirq vector name from the running kernel (NET_RX, NET_TX).", (KIND_SOFTIRQ,)),
     Attr("kernelnet.softirq.wait_ns", "int", "raise -> entry: how long the softirq waited to run.", (KIND_SOFTIRQ,)),

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * Drop probe: one record per skb:kfree_skb, rate-capped per CPU, losses counted.
+ *
+ * No struct layout comes from kernel headers. Tracepoint field offsets (KN_TP_*) come
+ * from the running kernel's format file; the few struct members read through pointers
+ * (KN_OFF_*) come from its BTF. Both arrive as -D constants (probes/drop.py); the
+ * defaults below only make the file self-describing, the loader always sets them.
+ */
+#include "drop.h"
+
+#ifndef KN_RATE_LIMIT
+#define KN_RATE_LIMIT 10000      /* drop records per CPU per second; excess is counted */
+#endif
+#ifndef KN_RINGBUF_PAGES
+#define KN_RINGBUF_PAGES 64
+#endif
+#ifndef KN_TP_SKBADDR
+#error "KN_TP_* offsets must come from the skb:kfree_skb format file"
+#endif
+/* optional tracepoint fields: -1 when the running kernel lacks them */
+#ifndef KN_TP_RX_SK
+#define KN_TP_RX_SK -1
+#endif
+#ifndef KN_TP_REASON
+#define KN_TP_REASON -1
+#endif
+/* BTF-derived member offsets: -1 when unknown (the probe then skips that part) */
+#ifndef KN_OFF_SKB_HEAD
+#define KN_OFF_SKB_HEAD -1
+#endif
+#ifndef KN_OFF_SKB_NETWORK_HEADER
+#define KN_OFF_SKB_NETWORK_HEADER -1
+#endif
+#ifndef KN_OFF_SKB_TRANSPORT_HEADER
+#define KN_OFF_SKB_TRANSPORT_HEADER -1
+#endif
+#ifndef KN_OFF_SKB_LEN
+#define KN_OFF_SKB_LEN -1
+#endif
+#ifndef KN_OFF_SKB_DEV
+#define KN_OFF_SKB_DEV -1
+#endif
+#ifndef KN_OFF_DEV_IFINDEX
+#define KN_OFF_DEV_IFINDEX -1
+#endif
+#ifndef KN_OFF_DEV_NAME
+#define KN_OFF_DEV_NAME -1
+#endif
+#ifndef KN_OFF_DEV_ND_NET
+#define KN_OFF_DEV_ND_NET -1
+#endif
+#ifndef KN_OFF_NET_NS_INUM
+#define KN_OFF_NET_NS_INUM -1
+#endif
+#ifndef KN_OFF_SK_COOKIE
+#define KN_OFF_SK_COOKIE -1
+#endif
+#ifndef KN_OFF_SKB_SK
+#define KN_OFF_SKB_SK -1
+#endif
+#ifndef KN_OFF_SK_NET
+#define KN_OFF_SK_NET -1
+#endif
+
+BPF_RINGBUF_OUTPUT(kn_drop_events, KN_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(kn_drop_stats, u64, KN_STAT_MAX);
+
+struct kn_rate { u64 window; u64 count; };
+BPF_PERCPU_ARRAY(kn_drop_rate, struct kn_rate, 1);
+
+static __always_inline void kn_count(int idx)
+{
+	u64 *v = kn_drop_stats.lookup(&idx);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline int kn_rate_ok(u64 now)
+{
+	int zero = 0;
+	struct kn_rate *r = kn_drop_rate.lookup(&zero);
+	if (!r)
+		return 0;
+	u64 window = now / 1000000000ULL;
+	if (r->window != window) {
+		r->window = window;
+		r->count = 0;
+	}
+	if (r->count >= KN_RATE_LIMIT)
+		return 0;
+	r->count++;
+	return 1;
+}
+
+static __always_inline void kn_read_netns_of_net(void *net, u32 *out)
+{
+#if KN_OFF_NET_NS_INUM >= 0
+	if (net)
+		bpf_probe_read_kernel(out, sizeof(*out), net + KN_OFF_NET_NS_INUM);
+#endif
+}
+
+static __always_inline void kn_parse_packet(struct kn_drop_event *e, void *skb)
+{
+#if KN_OFF_SKB_HEAD >= 0
+	void *head = NULL;
+	u16 nh = 0xffff, th = 0xffff;
+	bpf_probe_read_kernel(&head, sizeof(head), skb + KN_OFF_SKB_HEAD);
+	bpf_probe_read_kernel(&nh, sizeof(nh), skb + KN_OFF_SKB_NETWORK_HEADER);
+	bpf_probe_read_kernel(&th, sizeof(th), skb + KN_OFF_SKB_TRANSPORT_HEADER);
+	if (!head || nh == 0xffff)
+		return;
+	void *l3 = head + nh;
+	void *l4 = NULL;
+	if (e->protocol == 0x0800) {
+		u8 vihl = 0;
+		bpf_probe_read_kernel(&vihl, 1, l3);
+		if ((vihl >> 4) != 4)
+			return;
+		bpf_probe_read_kernel(&e->l4proto, 1, l3 + 9);
+		bpf_probe_read_kernel(e->saddr, 4, l3 + 12);
+		bpf_probe_read_kernel(e->daddr, 4, l3 + 16);
+		l4 = (th != 0xffff && th > nh) ? head + th : l3 + (vihl & 0x0f) * 4;
+	} else if (e->protocol == 0x86dd) {
+		bpf_probe_read_kernel(&e->l4proto, 1, l3 + 6);
+		bpf_probe_read_kernel(e->saddr, 16, l3 + 8);
+		bpf_probe_read_kernel(e->daddr, 16, l3 + 24);
+		e->flags |= KN_DROP_F_IPV6;
+		l4 = (th != 0xffff && th > nh) ? head + th : l3 + 40;
+	} else {
+		return;
+	}
+	e->flags |= KN_DROP_F_ADDR;
+	if (e->l4proto == 6 || e->l4proto == 17 || e->l4proto == 132) {
+		u16 ports[2] = {};
+		bpf_probe_read_kernel(ports, sizeof(ports), l4);
+		e->sport = bpf_ntohs(ports[0]);
+		e->dport = bpf_ntohs(ports[1]);
+	}
+#endif
+}
+
+int kn_on_kfree_skb(void *ctx)
+{
+	kn_count(KN_STAT_SEEN);
+	u64 now = bpf_ktime_get_ns();
+	if (!kn_rate_ok(now)) {
+		kn_count(KN_STAT_RATE_CAPPED);
+		return 0;
+	}
+	struct kn_drop_event *e = kn_drop_events.ringbuf_reserve(sizeof(struct kn_drop_event));
+	if (!e) {
+		kn_count(KN_STAT_RB_FULL);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = now;
+	e->skbaddr = *(u64 *)(ctx + KN_TP_SKBADDR);
+	e->location = *(u64 *)(ctx + KN_TP_LOCATION);
+	e->protocol = *(u16 *)(ctx + KN_TP_PROTOCOL);
+#if KN_TP_REASON >= 0
+	e->reason = *(u32 *)(ctx + KN_TP_REASON);
+#endif
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	e->pid = pid_tgid >> 32;
+	e->tid = (u32)pid_tgid;
+	e->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+
+	void *skb = (void *)e->skbaddr;
+#if KN_OFF_SKB_LEN >= 0
+	bpf_probe_read_kernel(&e->len, sizeof(e->len), skb + KN_OFF_SKB_LEN);
+#endif
+#if KN_OFF_SKB_DEV >= 0
+	void *dev = NULL;
+	bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
+	if (dev) {
+		e->flags |= KN_DROP_F_DEV;
+		bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), dev + KN_OFF_DEV_IFINDEX);
+		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev + KN_OFF_DEV_NAME);
+		void *net = NULL;
+		bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
+		kn_read_netns_of_net(net, &e->netns);
+	}
+#endif
+	void *sk = NULL;
+#if KN_TP_RX_SK >= 0
+	sk = (void *)*(u64 *)(ctx + KN_TP_RX_SK);
+	if (sk)
+		e->flags |= KN_DROP_F_HAS_SK;
+#endif
+#if KN_OFF_SKB_SK >= 0
+	/* no receiving socket: the owner (a purged send/receive queue, a local sender) */
+	if (!sk) {
+		bpf_probe_read_kernel(&sk, sizeof(sk), skb + KN_OFF_SKB_SK);
+		if (sk)
+			e->flags |= KN_DROP_F_OWNER_SK;
+	}
+#endif
+	if (sk) {
+#if KN_OFF_SK_COOKIE >= 0
+		bpf_probe_read_kernel(&e->sk_cookie, sizeof(e->sk_cookie), sk + KN_OFF_SK_COOKIE);
+#endif
+#if KN_OFF_SK_NET >= 0
+		if (!e->netns) {
+			void *net = NULL;
+			bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
+			kn_read_netns_of_net(net, &e->netns);
+		}
+#endif
+	}
+	kn_parse_packet(e, skb);
+	kn_drop_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	kn_count(KN_STAT_EMITTED);
+	return 0;
+}

@@ -1,0 +1,153 @@
+"""``otel-kernelnet check``: can ``run`` work here, fully, degraded, or not at all?
+
+Each check reports ok / degraded / fail with a one-line detail and, when not ok, the
+fix. Exit code: 0 = runs fully, 1 = runs degraded (the lines say what is lost),
+2 = cannot run. Checks that depend on an earlier failure are skipped, and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+OK, DEGRADED, FAIL, SKIP = "ok", "degraded", "fail", "skipped"
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+PRIV_FIX = "run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE (CAP_SYS_ADMIN on kernels < 5.8)"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def effective_caps(status_text: str | None = None) -> int:
+    if status_text is None:
+        try:
+            with open("/proc/self/status") as f:
+                status_text = f.read()
+        except OSError:
+            return 0
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges(caps: int | None = None) -> Check:
+    caps = effective_caps() if caps is None else caps
+    has = lambda c: bool(caps >> c & 1)  # noqa: E731
+    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        return Check("privileges", OK, f"{who} with the capabilities to load and attach BPF programs")
+    return Check("privileges", FAIL, f"missing CAP_BPF/CAP_PERFMON (effective capabilities 0x{caps:x})", PRIV_FIX)
+
+
+def run_checks(compile_test: bool = True) -> list[Check]:
+    from .kernel import tracefs
+    from .loader import BCC_FIX, HEADERS_FIX, find_headers
+    from .probes import drop
+
+    checks: list[Check] = [check_privileges()]
+    privileged = checks[0].status == OK
+
+    path, how = tracefs.ensure_tracefs()
+    checks.append(Check("tracefs", OK, how) if path else Check("tracefs", FAIL, how, tracefs.MOUNT_FIX))
+
+    from .collector import load_btf, load_ksyms
+    btf, note = load_btf()
+    checks.append(Check("btf", OK, "/sys/kernel/btf/vmlinux readable") if btf else
+                  Check("btf", DEGRADED, f"no kernel BTF ({note}): drops lose addresses, ports, device, netns and cookie",
+                        "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
+
+    probe_ok = False
+    if path:
+        try:
+            p = drop.plan(btf=btf)
+            probe_ok = True
+            if p.degraded:
+                checks.append(Check("probe drop (skb:kfree_skb)", DEGRADED, "; ".join(p.degraded),
+                                    "a kernel >= 6.11 with BTF has every field the probe uses"))
+            else:
+                n = len(p.format.symbols.get("reason", {}))
+                checks.append(Check("probe drop (skb:kfree_skb)", OK,
+                                    f"fields skbaddr, location, protocol, reason, rx_sk; {n} drop-reason names from the kernel"))
+        except drop.ProbeUnavailable as e:
+            checks.append(Check("probe drop (skb:kfree_skb)", FAIL, str(e), "a kernel >= 5.17 with skb:kfree_skb"))
+    else:
+        checks.append(Check("probe drop (skb:kfree_skb)", SKIP, "needs tracefs"))
+
+    _sym, ks_note = load_ksyms()
+    checks.append(Check("kallsyms", OK, "kernel symbols readable") if ks_note == "ok" else
+                  Check("kallsyms", DEGRADED, f"drop locations shown as addresses ({ks_note})", "run as root"))
+
+    headers = find_headers()
+    if headers:
+        checks.append(Check("kernel headers", OK, headers.how))
+        headers.cleanup()
+    else:
+        checks.append(Check("kernel headers", FAIL, "no header tree for bcc to compile against", HEADERS_FIX))
+
+    bcc_ok = False
+    try:
+        from .loader import import_bcc
+        import_bcc()
+        bcc_ok = True
+        checks.append(Check("bcc", OK, "python3-bpfcc imports"))
+    except Exception as e:
+        checks.append(Check("bcc", FAIL, str(e), BCC_FIX))
+
+    if compile_test and bcc_ok and headers and privileged and probe_ok:
+        checks.append(_compile_and_attach())
+    elif compile_test:
+        checks.append(Check("compile and attach", SKIP, "needs privileges, tracefs, headers, bcc and the drop tracepoint"))
+    return checks
+
+
+def _compile_and_attach() -> Check:
+    """Compile the real drop probe, attach it, detach it."""
+    from .collector import load_btf
+    from .loader import Loader, LoaderError
+    from .probes import drop
+    btf, _ = load_btf()
+    try:
+        with Loader() as loader:
+            drop.DropProbe(loader, drop.plan(btf=btf), lambda ev: None, lambda e: None)
+            secs = loader.compile_seconds
+        return Check("compile and attach", OK, f"drop probe compiled in {secs:.2f}s, attached and detached")
+    except LoaderError as e:
+        return Check("compile and attach", FAIL, str(e), "see the compiler message above; report it with `uname -r`")
+
+
+def exit_code(checks: list[Check]) -> int:
+    if any(c.status == FAIL for c in checks):
+        return 2
+    if any(c.status == DEGRADED for c in checks):
+        return 1
+    return 0
+
+
+def main(as_json: bool = False, out: TextIO = sys.stdout) -> int:
+    checks = run_checks()
+    code = exit_code(checks)
+    verdict = {0: "ok: `otel-kernelnet run` works fully here",
+               1: "degraded: `otel-kernelnet run` works, with the losses above",
+               2: "fail: `otel-kernelnet run` cannot work here until the problems above are fixed"}[code]
+    if as_json:
+        json.dump({"status": verdict.split(":")[0], "exit_code": code,
+                   "checks": [asdict(c) for c in checks]}, out, indent=2)
+        print(file=out)
+        return code
+    for c in checks:
+        line = f"{c.status.upper():9} {c.name}: {c.detail}"
+        if c.fix and c.status in (FAIL, DEGRADED):
+            line += f" -- fix: {c.fix}"
+        print(line, file=out)
+    print(verdict, file=out)
+    return code

@@ -1,0 +1,98 @@
+"""Command line: ``otel-kernelnet check | run | diagnose | lab``.
+
+The names and flags here are a contract relied on outside the project (DESIGN.md):
+keep them stable. Errors are one line on stderr and a non-zero exit, never a
+traceback (set OTEL_KERNELNET_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otel-kernelnet",
+                                description="Linux kernel network events as OpenTelemetry spans.")
+    p.add_argument("--version", action="version", version=f"otel-kernelnet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="preflight: can `run` work here? (exit 0 ok, 1 degraded, 2 cannot)")
+    c.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+
+    r = sub.add_parser("run", help="the collector")
+    r.add_argument("--config", metavar="FILE", help="YAML config (default: config/otel-kernelnet.yaml)")
+    r.add_argument("--output", metavar="DIR", help="embedded store directory (default ./kernelnet-data)")
+    r.add_argument("--otlp-endpoint", metavar="URL", help="export over OTLP to URL instead of the embedded store")
+    r.add_argument("--duration", metavar="SECONDS", type=float, help="stop after this long")
+    r.add_argument("--ready-file", metavar="PATH", help="written once probes are attached, removed at exit")
+    r.add_argument("--debug-bpf", action="store_true", help=argparse.SUPPRESS)  # print the final BPF programs
+
+    d = sub.add_parser("diagnose", help="find latency spikes in traces and rank their kernel causes")
+    d.add_argument("source", metavar="SOURCE", help="data directory of OTLP JSON Lines, or a Jaeger/Tempo base URL")
+    d.add_argument("--service", metavar="NAME", help="only this application service")
+    d.add_argument("--json", action="store_true", help="one JSON object (the diagnose contract)")
+
+    lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine")
+    lab.add_argument("scenario", metavar="SCENARIO")
+    lab.add_argument("--output", metavar="DIR")
+    return p
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"otel-kernelnet: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .collector import Collector, StartError
+    from .config import ConfigError, load
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        return _fail(f"config: {e}")
+    if args.duration is not None and args.duration <= 0:
+        return _fail("--duration must be > 0 seconds")
+    try:
+        return Collector(cfg, output=args.output, otlp_endpoint=args.otlp_endpoint, duration=args.duration,
+                         ready_file=args.ready_file, debug_bpf=args.debug_bpf).run()
+    except StartError as e:
+        return _fail(str(e))
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    try:
+        from kernelnet_analysis.diagnose import run
+    except ImportError as e:
+        return _fail(f"diagnose needs the analysis extra ({e}): pip install 'otel-kernelnet[analysis]'")
+    return run(args.source, service=args.service, as_json=args.json)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    return _fail(f"lab scenario {args.scenario!r}: the lab is not built yet (issue: the lab)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            from .check import main as check_main
+            return check_main(as_json=args.json)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "diagnose":
+            return cmd_diagnose(args)
+        return cmd_lab(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # last resort: one line, not a traceback
+        if os.environ.get("OTEL_KERNELNET_DEBUG"):
+            raise
+        return _fail(f"{type(e).__name__}: {e} (set OTEL_KERNELNET_DEBUG=1 for a traceback)", 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The loader: the one module that imports bcc.
+
+It finds a kernel header tree bcc can compile against, compiles a probe's C with its
+``-D`` settings, attaches tracepoints, drains BPF ring buffers and detaches on every
+exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
+normal exit so the ``finally`` runs). If the process dies hard, the kernel detaches
+the programs anyway when their file descriptors close.
+
+Header trees: no struct layout may come from headers (probes take offsets from
+tracepoint format files and BTF), so any installed tree serves. Order of preference:
+``$BCC_KERNEL_SOURCE``; ``/lib/modules/$(uname -r)/build``; the newest
+``/usr/src/linux-headers-*``. Debian splits a tree into ``-common`` (sources) and
+``-<arch>`` (generated files and config); bcc wants one directory, so the two are
+merged into a private directory of symlinks that is removed at exit.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .kernel import tracefs
+
+BPF_DIR = Path(__file__).parent / "bpf"
+HEADERS_FIX = "apt-get install linux-headers-amd64 (any version: no struct layout is taken from it)"
+BCC_FIX = "apt-get install python3-bpfcc, then scripts/setup.sh (the PyPI package 'bcc' is unrelated)"
+
+
+class LoaderError(Exception):
+    """A probe could not be compiled, loaded or attached; the message says why and the fix."""
+
+
+# --- kernel headers --------------------------------------------------------------
+def _has_headers(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "include", "linux")) and (
+        os.path.isdir(os.path.join(path, "include", "generated"))
+        or os.path.isdir(os.path.join(path, "arch", "x86", "include", "generated")))
+
+
+def _debian_pair(arch_dir: str) -> str | None:
+    """The ``-common`` tree a Debian ``-<arch>`` header tree belongs to."""
+    mk = os.path.join(arch_dir, "Makefile")
+    try:
+        text = Path(mk).read_text()
+    except OSError:
+        return None
+    m = re.search(r"include\s+(\S+)/Makefile", text)
+    if m:
+        cand = os.path.normpath(os.path.join(arch_dir, m.group(1)))
+        if os.path.isdir(os.path.join(cand, "include", "linux")):
+            return cand
+    name = os.path.basename(arch_dir.rstrip("/"))
+    base = re.sub(r"-[a-z0-9_]+$", "-common", name)
+    cand = os.path.join(os.path.dirname(arch_dir), base)
+    return cand if os.path.isdir(os.path.join(cand, "include", "linux")) else None
+
+
+def _merge_tree(common: str, arch: str, dest: str) -> str:
+    """A directory of symlinks that looks like one complete header tree."""
+    for sub in ("include", os.path.join("arch", "x86", "include")):
+        os.makedirs(os.path.join(dest, sub), exist_ok=True)
+        for src in (common, arch):
+            d = os.path.join(src, sub)
+            if os.path.isdir(d):
+                for entry in os.listdir(d):
+                    link = os.path.join(dest, sub, entry)
+                    if not os.path.lexists(link):
+                        os.symlink(os.path.join(d, entry), link)
+    for name in (".config", "Makefile"):
+        for src in (arch, common):
+            if os.path.exists(os.path.join(src, name)):
+                os.symlink(os.path.join(src, name), os.path.join(dest, name))
+                break
+    return dest
+
+
+@dataclass
+class HeaderTree:
+    path: str
+    how: str
+    tmpdir: str | None = None
+
+    def cleanup(self) -> None:
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+def find_headers() -> HeaderTree | None:
+    """A header tree bcc can compile against, or None."""
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env and _has_headers(env):
+        return HeaderTree(env, "BCC_KERNEL_SOURCE")
+    build = f"/lib/modules/{os.uname().release}/build"
+    if _has_headers(build):
+        return HeaderTree(build, "the running kernel's own headers")
+    trees = sorted(glob.glob("/usr/src/linux-headers-*"),
+                   key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p)],
+                   reverse=True)
+    for tree in trees:
+        if _has_headers(tree):
+            return HeaderTree(tree, f"{tree} (not the running kernel's; fine: no layout is taken from it)")
+    for tree in trees:
+        common = _debian_pair(tree)
+        if common and os.path.isdir(os.path.join(tree, "include", "generated")):
+            tmp = tempfile.mkdtemp(prefix="otel-kernelnet-headers-")
+            path = _merge_tree(common, tree, tmp)
+            return HeaderTree(path, f"{tree} + {os.path.basename(common)} merged "
+                                    "(not the running kernel's; fine: no layout is taken from it)", tmp)
+    return None
+
+
+# --- bcc -------------------------------------------------------------------------
+def import_bcc() -> Any:
+    """Import bcc after tracefs is mounted (bcc picks its tracefs path at import)."""
+    tracefs.ensure_tracefs()
+    try:
+        import bcc  # noqa: PLC0415  (the only import of bcc in the project)
+    except ImportError as e:
+        raise LoaderError(f"cannot import bcc ({e}): {BCC_FIX}") from None
+    return bcc
+
+
+@dataclass
+class Program:
+    """One compiled probe family: its bcc object and what it attached."""
+    name: str
+    bpf: Any
+    attached: list[tuple[str, str]] = field(default_factory=list)  # (tracepoint, fn)
+
+
+class Loader:
+    """Compiles, attaches and drains probes; detaches everything on close()."""
+
+    def __init__(self, debug_print_source: bool = False):
+        self._bcc = None
+        self._headers: HeaderTree | None = None
+        self._programs: list[Program] = []
+        self._debug = debug_print_source
+        self.compile_seconds = 0.0
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self) -> None:
+        if self._bcc is not None:
+            return
+        self._headers = find_headers()
+        if self._headers is None:
+            raise LoaderError(f"no kernel header tree found for bcc: {HEADERS_FIX}")
+        os.environ["BCC_KERNEL_SOURCE"] = self._headers.path
+        self._bcc = import_bcc()
+
+    @property
+    def headers(self) -> HeaderTree | None:
+        return self._headers
+
+    def compile(self, name: str, source_file: str, defines: dict[str, int | str]) -> Program:
+        """Compile ``bpf/<source_file>`` with ``-D`` settings (include dir: bpf/)."""
+        self._prepare()
+        src = (BPF_DIR / source_file).read_text()
+        cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(defines.items())]
+        if self._debug:
+            print(f"/* {source_file} compiled with: {' '.join(cflags)} */\n{src}")
+        t0 = time.monotonic()
+        try:
+            bpf = self._bcc.BPF(text=src, cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
+            raise LoaderError(f"compiling {source_file} failed: {e}") from None
+        self.compile_seconds += time.monotonic() - t0
+        prog = Program(name, bpf)
+        self._programs.append(prog)
+        return prog
+
+    def attach(self, prog: Program, tracepoint: str, fn_name: str) -> None:
+        try:
+            prog.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn_name)
+        except Exception as e:
+            raise LoaderError(f"attaching {fn_name} to tracepoint {tracepoint} failed: {e}") from None
+        prog.attached.append((tracepoint, fn_name))
+
+    @staticmethod
+    def open_ring_buffer(prog: Program, map_name: str, callback: Callable[[Any, int], None]) -> None:
+        """``callback(data_pointer, size)`` for each record of ``map_name``."""
+        def _cb(_ctx: Any, data: Any, size: int) -> int:
+            callback(data, size)
+            return 0
+        prog.bpf[map_name].open_ring_buffer(_cb)
+
+    def consume(self) -> None:
+        """Drain every open ring buffer now (records are written with BPF_RB_NO_WAKEUP,
+        so the collector polls on its own schedule instead of being woken per event)."""
+        for prog in self._programs:
+            if getattr(prog.bpf, "_ringbuf_manager", None) is not None:
+                prog.bpf.ring_buffer_consume()
+
+    @staticmethod
+    def percpu_sum(prog: Program, map_name: str, count: int) -> list[int]:
+        table = prog.bpf[map_name]
+        out = []
+        for i in range(count):
+            vals = table[table.Key(i)]
+            out.append(int(sum(int(v) for v in vals)))
+        return out
+
+    @staticmethod
+    def ksym(prog: Program, addr: int) -> str:
+        return prog.bpf.ksym(addr, show_offset=True).decode(errors="replace")
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call more than once."""
+        errors = []
+        while self._programs:
+            prog = self._programs.pop()
+            for tp, _fn in reversed(prog.attached):
+                try:
+                    prog.bpf.detach_tracepoint(tp=tp)
+                except Exception as e:  # keep detaching the rest
+                    errors.append(f"{tp}: {e}")
+            prog.attached.clear()
+            try:
+                prog.bpf.cleanup()
+            except Exception as e:
+                errors.append(f"cleanup {prog.name}: {e}")
+        if self._headers is not None:
+            self._headers.cleanup()
+        if errors:
+            raise LoaderError("detach problems: " + "; ".join(errors))

@@ -1,0 +1,179 @@
+"""Drop probe: ``skb:kfree_skb`` -> one span per dropped packet.
+
+Lifecycle (STYLE habit 3): ``plan()`` reads what the probe needs from the running
+kernel (the tracepoint's format file and a few BTF member offsets) and decides: run,
+run degraded (and say what is lost), or refuse (and say the fix). ``DropProbe`` then
+compiles with those ``-D`` settings, attaches, and decodes records; the loader
+detaches it.
+
+Requirements: tracefs, tracepoint ``skb:kfree_skb`` with ``skbaddr``, ``location``
+and ``protocol``. Degrades without: ``reason`` (all drops ``unknown:0``), ``rx_sk``
+(no socket cookie; kernels before 6.11), BTF (no addresses, ports, netns, device).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import records
+from ..kernel import tracefs
+from ..kernel.tracefs import TracepointFormat
+from ..spans import DropEvent
+
+TRACEPOINT = ("skb", "kfree_skb")
+REQUIRED_FIELDS = ("skbaddr", "location", "protocol")
+OPTIONAL_FIELDS = {
+    "reason": "drop reasons are missing: every drop is reported as unknown:0",
+    "rx_sk": "no receiving socket on drops (kernel < 6.11): no socket cookie, join by 4-tuple only",
+}
+# (macro, struct, member path): where the probe reads through pointers, from BTF
+BTF_MEMBERS = (
+    ("KN_OFF_SKB_HEAD", "sk_buff", "head"),
+    ("KN_OFF_SKB_NETWORK_HEADER", "sk_buff", "network_header"),
+    ("KN_OFF_SKB_TRANSPORT_HEADER", "sk_buff", "transport_header"),
+    ("KN_OFF_SKB_LEN", "sk_buff", "len"),
+    ("KN_OFF_SKB_DEV", "sk_buff", "dev"),
+    ("KN_OFF_SKB_SK", "sk_buff", "sk"),
+    ("KN_OFF_DEV_IFINDEX", "net_device", "ifindex"),
+    ("KN_OFF_DEV_NAME", "net_device", "name"),
+    ("KN_OFF_DEV_ND_NET", "net_device", "nd_net"),
+    ("KN_OFF_NET_NS_INUM", "net", "ns.inum"),
+    ("KN_OFF_SK_COOKIE", "sock", "__sk_common.skc_cookie"),
+    ("KN_OFF_SK_NET", "sock", "__sk_common.skc_net"),
+)
+# groups that only work together: if one member is missing, the whole group is off
+BTF_GROUPS = {
+    "packet addresses and ports": ("KN_OFF_SKB_HEAD", "KN_OFF_SKB_NETWORK_HEADER", "KN_OFF_SKB_TRANSPORT_HEADER"),
+    "device and network namespace": ("KN_OFF_SKB_DEV", "KN_OFF_DEV_IFINDEX", "KN_OFF_DEV_NAME", "KN_OFF_DEV_ND_NET"),
+    "network namespace": ("KN_OFF_NET_NS_INUM",),
+    "socket cookie": ("KN_OFF_SK_COOKIE",),
+    "owning socket of packets without a receiving socket": ("KN_OFF_SKB_SK",),
+    "socket network namespace": ("KN_OFF_SK_NET",),
+    "packet length": ("KN_OFF_SKB_LEN",),
+}
+
+RECORD = records.record_type("drop", "kn_drop_event")
+FLAGS = records.defines("drop")
+STATS = ("emitted", "rate_capped", "ringbuf_full", "seen")
+assert len(STATS) == FLAGS["KN_STAT_MAX"]
+
+
+class ProbeUnavailable(Exception):
+    """The probe cannot run here; the message names the fix."""
+
+
+@dataclass
+class Plan:
+    format: TracepointFormat
+    defines: dict[str, int] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+
+    def reason_name(self, code: int) -> str:
+        return self.format.symbol("reason", code)
+
+
+def btf_offsets(btf: object | None) -> tuple[dict[str, int], list[str]]:
+    """-D offsets from BTF (-1 where unknown) and what is lost without them."""
+    offs = {macro: -1 for macro, _s, _p in BTF_MEMBERS}
+    if btf is None:
+        return offs, ["no kernel BTF (/sys/kernel/btf/vmlinux): no addresses, ports, device, netns or cookie on drops"]
+    for macro, struct, path in BTF_MEMBERS:
+        try:
+            offs[macro] = btf.offsetof(struct, path)  # type: ignore[attr-defined]
+        except Exception:
+            offs[macro] = -1
+    lost = []
+    for what, group in BTF_GROUPS.items():
+        if any(offs[m] < 0 for m in group):
+            for m in group:
+                offs[m] = -1
+            lost.append(f"BTF lacks a member for {what}")
+    return offs, lost
+
+
+def plan(fmt: TracepointFormat | None = None, btf: object | None = None,
+         rate_limit: int = 10000, ringbuf_pages: int = 64) -> Plan:
+    """Decide how the probe runs on this kernel (pure: give it fmt and btf to test)."""
+    if fmt is None:
+        try:
+            fmt = tracefs.read_format(*TRACEPOINT)
+        except tracefs.TracefsError as e:
+            raise ProbeUnavailable(str(e)) from None
+    missing = [f for f in REQUIRED_FIELDS if f not in fmt.fields]
+    if missing:
+        raise ProbeUnavailable(f"skb:kfree_skb lacks field(s) {', '.join(missing)}: this kernel is too old for the drop probe")
+    p = Plan(fmt)
+    d = p.defines
+    for name in REQUIRED_FIELDS:
+        d[f"KN_TP_{name.upper()}"] = fmt.fields[name].offset
+    for name, loss in OPTIONAL_FIELDS.items():
+        if name in fmt.fields:
+            d[f"KN_TP_{name.upper()}"] = fmt.fields[name].offset
+        else:
+            d[f"KN_TP_{name.upper()}"] = -1
+            p.degraded.append(loss)
+    if "reason" in fmt.fields and not fmt.symbols.get("reason"):
+        p.degraded.append("the kernel publishes no drop-reason names: reasons are reported as unknown:<n>")
+    offs, lost = btf_offsets(btf)
+    d.update(offs)
+    p.degraded.extend(lost)
+    d["KN_RATE_LIMIT"] = int(rate_limit)
+    d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
+    return p
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode(buf: bytes | bytearray | memoryview) -> DropEvent:
+    """Decode one ``struct kn_drop_event`` (exactly as drop.h lays it out)."""
+    if len(buf) < ctypes.sizeof(RECORD):
+        raise ValueError(f"drop record too short: {len(buf)} < {ctypes.sizeof(RECORD)} bytes")
+    r = RECORD.from_buffer_copy(bytes(buf[:ctypes.sizeof(RECORD)]))
+    flags = r.flags
+    return DropEvent(
+        ts_ns=r.ts_ns, location=r.location, skbaddr=r.skbaddr, sk_cookie=r.sk_cookie,
+        reason=r.reason, netns=r.netns, pid=r.pid, tid=r.tid, cpu=r.cpu, ifindex=r.ifindex,
+        len=r.len, protocol=r.protocol, sport=r.sport, dport=r.dport, l4proto=r.l4proto,
+        has_sk=bool(flags & FLAGS["KN_DROP_F_HAS_SK"]),
+        has_addr=bool(flags & FLAGS["KN_DROP_F_ADDR"]),
+        ipv6=bool(flags & FLAGS["KN_DROP_F_IPV6"]),
+        has_dev=bool(flags & FLAGS["KN_DROP_F_DEV"]),
+        owner_sk=bool(flags & FLAGS["KN_DROP_F_OWNER_SK"]),
+        saddr=bytes(r.saddr), daddr=bytes(r.daddr),
+        comm=_cstr(bytes(r.comm)), ifname=_cstr(bytes(r.ifname)),
+    )
+
+
+class DropProbe:
+    """Compiled and attached drop probe; ``on_event`` receives each DropEvent."""
+
+    name = "drop"
+    source = "drop.bpf.c"
+    fn = "kn_on_kfree_skb"
+
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[DropEvent], None],
+                 on_error: Callable[[Exception], None]):
+        self.plan = plan_
+        self._loader = loader
+        self.prog = loader.compile(self.name, self.source, plan_.defines)
+        self.decode_errors = 0
+
+        def cb(data, size):
+            try:
+                on_event(decode(ctypes.string_at(data, size)))
+            except Exception as e:  # a bad record must not stop the stream; count it
+                self.decode_errors += 1
+                on_error(e)
+
+        loader.open_ring_buffer(self.prog, "kn_drop_events", cb)
+        loader.attach(self.prog, "%s:%s" % TRACEPOINT, self.fn)
+
+    def stats(self) -> dict[str, int]:
+        vals = self._loader.percpu_sum(self.prog, "kn_drop_stats", len(STATS))
+        out = dict(zip(STATS, vals))
+        out["decode_errors"] = self.decode_errors
+        return out

@@ -1,0 +1,176 @@
+"""The span model and the pure mapping from decoded kernel events to spans.
+
+``KernelSpan`` is a plain value: ids, kernel start/end times (epoch ns), attributes,
+events, links and status. Mapping functions take a decoded event plus everything
+that varies (the clock offset, an id source, name tables) as arguments, so a test can
+compare their complete output with fixed ids and timestamps. Exporters turn
+``KernelSpan`` into OTLP (JSON Lines or protobuf); nothing here imports the OTel SDK.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from . import semconv as sc
+
+# OTLP enum values (opentelemetry.proto.trace.v1): kept numeric, as OTLP JSON wants them
+SPAN_KIND_INTERNAL = 1
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+AttrValue = str | int | float | bool
+
+
+@dataclass
+class SpanEvent:
+    time_ns: int
+    name: str
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass
+class SpanLink:
+    trace_id: bytes
+    span_id: bytes
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass
+class KernelSpan:
+    name: str
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    start_ns: int  # Unix epoch ns
+    end_ns: int
+    attributes: dict[str, AttrValue]
+    parent_span_id: bytes = b""
+    kind: int = SPAN_KIND_INTERNAL
+    status_code: int = STATUS_UNSET
+    status_message: str = ""
+    events: list[SpanEvent] = field(default_factory=list)
+    links: list[SpanLink] = field(default_factory=list)
+
+
+class IdSource(Protocol):
+    def trace_id(self) -> bytes: ...
+    def span_id(self) -> bytes: ...
+
+
+class RandomIds:
+    """W3C-valid random ids (never all zero)."""
+
+    def trace_id(self) -> bytes:
+        while True:
+            b = os.urandom(16)
+            if any(b):
+                return b
+
+    def span_id(self) -> bytes:
+        while True:
+            b = os.urandom(8)
+            if any(b):
+                return b
+
+
+class CountingIds:
+    """Deterministic ids for tests: trace 1, 2, ... and span 1, 2, ..."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def trace_id(self) -> bytes:
+        self.n += 1
+        return self.n.to_bytes(16, "big")
+
+    def span_id(self) -> bytes:
+        return self.n.to_bytes(8, "big")
+
+
+def ip_text(raw: bytes, v6: bool) -> str:
+    """Text form of a packed address (IPv4 in the first 4 bytes)."""
+    return str(ipaddress.IPv6Address(raw[:16]) if v6 else ipaddress.IPv4Address(raw[:4]))
+
+
+L4_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmp"}  # IANA protocol numbers
+
+
+@dataclass(frozen=True)
+class DropEvent:
+    """A decoded skb:kfree_skb record (see bpf/drop.h for each field's meaning)."""
+    ts_ns: int
+    location: int
+    skbaddr: int
+    sk_cookie: int
+    reason: int
+    netns: int
+    pid: int
+    tid: int
+    cpu: int
+    ifindex: int
+    len: int
+    protocol: int
+    sport: int
+    dport: int
+    l4proto: int
+    has_sk: bool
+    has_addr: bool
+    ipv6: bool
+    has_dev: bool
+    owner_sk: bool
+    saddr: bytes
+    daddr: bytes
+    comm: str
+    ifname: str
+
+
+def drop_span(ev: DropEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource,
+              reason_name: Callable[[int], str], symbol: Callable[[int], str]) -> KernelSpan:
+    """One drop -> one zero-length span with status ERROR.
+
+    ``reason_name`` names the kernel's drop reason (from the running kernel's tables,
+    ``unknown:<n>`` otherwise); ``symbol`` turns the freeing address into symbol+offset.
+    """
+    reason = reason_name(ev.reason)
+    t = to_epoch_ns(ev.ts_ns)
+    attrs: dict[str, Any] = {
+        sc.KIND: sc.KIND_DROP,
+        "kernelnet.drop.reason": reason,
+        "kernelnet.drop.reason_code": ev.reason,
+        "kernelnet.drop.location": symbol(ev.location),
+        "kernelnet.skb.protocol": ev.protocol,
+        "kernelnet.skb.len": ev.len,
+        "kernelnet.skb.has_socket": ev.has_sk,
+        "kernelnet.skb.socket_role": "receiver" if ev.has_sk else ("owner" if ev.owner_sk else "none"),
+        "kernelnet.cpu": ev.cpu,
+        "process.pid": ev.pid,
+        "thread.id": ev.tid,
+        "process.command": ev.comm,
+    }
+    if ev.netns:
+        attrs["kernelnet.netns"] = ev.netns
+    if ev.has_dev:
+        attrs["network.interface.name"] = ev.ifname
+    if ev.sk_cookie:
+        attrs[sc.COOKIE] = ev.sk_cookie
+    if ev.has_addr:
+        attrs["network.type"] = "ipv6" if ev.ipv6 else "ipv4"
+        attrs["source.address"] = ip_text(ev.saddr, ev.ipv6)
+        attrs["destination.address"] = ip_text(ev.daddr, ev.ipv6)
+        transport = L4_NAMES.get(ev.l4proto)
+        if transport:
+            attrs["network.transport"] = transport
+        if ev.l4proto in (6, 17, 132):
+            attrs["source.port"] = ev.sport
+            attrs["destination.port"] = ev.dport
+    return KernelSpan(
+        name=sc.SPAN_DROP,
+        trace_id=ids.trace_id(),
+        span_id=ids.span_id(),
+        start_ns=t,
+        end_ns=t,
+        attributes=attrs,
+        status_code=STATUS_ERROR,
+        status_message=f"dropped: {reason}",
+    )
