@@ -119,5 +119,23 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def page() -> str:
+    """docs/spans.md: ``python -m otel_kernelnet.semconv > docs/spans.md``."""
+    return f"""# Span and attribute reference
+
+Generated from `otel_kernelnet/semconv.py` by `python -m otel_kernelnet.semconv > docs/spans.md`
+(a unit test checks this page is up to date). Families not built yet are listed so the
+analysis can rely on the names.
+
+Span names: `{SPAN_DROP}` (drop), `{SPAN_SKB}` (skb lifecycle), `{SPAN_SOFTIRQ}`, `{SPAN_RECLAIM}`,
+`{SPAN_TCP_EVENT}` (TCP events), `{SPAN_COUNTER}` (namespace counters).
+
+Kernel spans carry resource `service.name={SERVICE_NAME}` and scope `{SCOPE_NAME}`.
+Timestamps are the kernel's own (CLOCK_MONOTONIC converted to epoch ns by
+`otel_kernelnet/clock.py`). Application spans join on `{COOKIE}`.
+
+""" + markdown_table()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(markdown_table(), end="")
+    print(page(), end="")

@@ -2,7 +2,8 @@
  * Drop probe: the record skb:kfree_skb events cross the kernel boundary in.
  * This header is the single definition: drop.bpf.c fills it, the Python decoder is
  * generated from it (otel_kernelnet/records.py) and a test compiles it with gcc to
- * check sizes and offsets. Fields are ordered by size so there is no padding.
+ * check sizes and offsets. Fields are ordered by size and the tail padding is
+ * explicit, so the record has no implicit holes.
  */
 #ifndef KN_DROP_H
 #define KN_DROP_H
@@ -41,6 +42,7 @@ struct kn_drop_event {
 	__u8  daddr[16];
 	char  comm[16];
 	char  ifname[16];
+	__u32 reserved;   /* explicit tail padding (the record is 8-byte aligned) */
 };
 
 #endif /* KN_DROP_H */

@@ -25,8 +25,8 @@ from ..spans import DropEvent
 TRACEPOINT = ("skb", "kfree_skb")
 REQUIRED_FIELDS = ("skbaddr", "location", "protocol")
 OPTIONAL_FIELDS = {
-    "reason": "drop reasons are missing: every drop is reported as unknown:0",
-    "rx_sk": "no receiving socket on drops (kernel < 6.11): no socket cookie, join by 4-tuple only",
+    "reason": "skb:kfree_skb has no reason field (kernel < 5.17): every drop is reported as unknown:0",
+    "rx_sk": "skb:kfree_skb has no rx_sk field (kernel < 6.11): drops carry the owning socket's cookie at best; join by 4-tuple",
 }
 # (macro, struct, member path): where the probe reads through pointers, from BTF
 BTF_MEMBERS = (
