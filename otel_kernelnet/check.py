@@ -66,22 +66,26 @@ def run_checks(compile_test: bool = True) -> list[Check]:
                   Check("btf", DEGRADED, f"no kernel BTF ({note}): drops lose addresses, ports, device, netns and cookie",
                         "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
 
-    probe_ok = False
-    if path:
+    from .clock import KernelClock
+    from .config import load
+    from .probes import KernelContext, ProbeUnavailable, families
+    from .spans import RandomIds
+    ctx = KernelContext(btf=btf, symbol=hex, clock=KernelClock(), ids=RandomIds(), cfg=load())
+    runnable = []
+    for fam in families():
+        name = f"probe {fam.summary}"
+        if not path:
+            checks.append(Check(name, SKIP, "needs tracefs"))
+            continue
         try:
-            p = drop.plan(btf=btf)
-            probe_ok = True
-            if p.degraded:
-                checks.append(Check("probe drop (skb:kfree_skb)", DEGRADED, "; ".join(p.degraded),
-                                    "a kernel >= 6.11 with BTF has every field the probe uses"))
-            else:
-                n = len(p.format.symbols.get("reason", {}))
-                checks.append(Check("probe drop (skb:kfree_skb)", OK,
-                                    f"fields skbaddr, location, protocol, reason, rx_sk; {n} drop-reason names from the kernel"))
-        except drop.ProbeUnavailable as e:
-            checks.append(Check("probe drop (skb:kfree_skb)", FAIL, str(e), "a kernel >= 5.17 with skb:kfree_skb"))
-    else:
-        checks.append(Check("probe drop (skb:kfree_skb)", SKIP, "needs tracefs"))
+            p = fam.plan(ctx)
+        except ProbeUnavailable as e:
+            checks.append(Check(name, FAIL, str(e), "a newer kernel (see docs/probes/)"))
+            continue
+        runnable.append((fam, p))
+        degraded = getattr(p, "degraded", [])
+        checks.append(Check(name, DEGRADED, "; ".join(degraded), "a kernel >= 6.11 with BTF has every field the probes use")
+                      if degraded else Check(name, OK, getattr(p, "describe", lambda: "all fields present")()))
 
     _sym, ks_note = load_ksyms()
     checks.append(Check("kallsyms", OK, "kernel symbols readable") if ks_note == "ok" else
@@ -103,24 +107,23 @@ def run_checks(compile_test: bool = True) -> list[Check]:
     except Exception as e:
         checks.append(Check("bcc", FAIL, str(e), BCC_FIX))
 
-    if compile_test and bcc_ok and headers and privileged and probe_ok:
-        checks.append(_compile_and_attach())
+    if compile_test and bcc_ok and headers and privileged and runnable:
+        checks.append(_compile_and_attach(runnable, ctx))
     elif compile_test:
-        checks.append(Check("compile and attach", SKIP, "needs privileges, tracefs, headers, bcc and the drop tracepoint"))
+        checks.append(Check("compile and attach", SKIP, "needs privileges, tracefs, headers, bcc and a runnable probe"))
     return checks
 
 
-def _compile_and_attach() -> Check:
-    """Compile the real drop probe, attach it, detach it."""
-    from .collector import load_btf
+def _compile_and_attach(runnable, ctx) -> Check:
+    """Compile every runnable probe for real, attach it, detach it."""
     from .loader import Loader, LoaderError
-    from .probes import drop
-    btf, _ = load_btf()
     try:
         with Loader() as loader:
-            drop.DropProbe(loader, drop.plan(btf=btf), lambda ev: None, lambda e: None)
+            for fam, plan in runnable:
+                fam.start(loader, plan, ctx, lambda span: None, lambda e: None)
             secs = loader.compile_seconds
-        return Check("compile and attach", OK, f"drop probe compiled in {secs:.2f}s, attached and detached")
+        names = ", ".join(f.name for f, _ in runnable)
+        return Check("compile and attach", OK, f"probes {names} compiled in {secs:.2f}s, attached and detached")
     except LoaderError as e:
         return Check("compile and attach", FAIL, str(e), "see the compiler message above; report it with `uname -r`")
 

@@ -23,7 +23,7 @@ from .clock import KernelClock
 from .config import Config
 from .export.sinks import ExportPipeline, JsonLinesSink, OtlpSink, resolve_otlp
 from .kernel import tracefs
-from .spans import DropEvent, RandomIds, drop_span
+from .spans import KernelSpan, RandomIds
 
 
 class StartError(Exception):
@@ -90,17 +90,11 @@ class Collector:
                                  max_files=self.cfg["output.max_files"]), True
         return OtlpSink(target, res, scope, timeout_s=self.cfg["export.otlp.timeout_s"]), False
 
-    def _on_drop(self, plan, symbol) -> Callable[[DropEvent], None]:
-        pipeline = self.pipeline
-        assert pipeline is not None
-
-        def handle(ev: DropEvent) -> None:
-            self.counters.events += 1
-            span = drop_span(ev, to_epoch_ns=self.clock.to_epoch_ns, ids=self.ids,
-                             reason_name=plan.reason_name, symbol=symbol)
-            pipeline.submit(span)
-            self.counters.spans += 1
-        return handle
+    def _emit(self, span: KernelSpan) -> None:
+        self.counters.events += 1
+        assert self.pipeline is not None
+        self.pipeline.submit(span)
+        self.counters.spans += 1
 
     def _on_error(self, e: Exception) -> None:
         self.counters.mapping_errors += 1
@@ -131,24 +125,31 @@ class Collector:
     # -- the run ---------------------------------------------------------------------
     def run(self) -> int:
         from .loader import Loader, LoaderError
-        from .probes import drop
+        from .probes import KernelContext, ProbeUnavailable, families
 
         tfs, how = tracefs.ensure_tracefs()
         if tfs is None:
             raise StartError(f"tracefs: {how}. Fix: {tracefs.MOUNT_FIX}")
-        if not self.cfg["probes.drop.enabled"]:
-            raise StartError("no probe is enabled (probes.drop.enabled is false)")
-        btf, btf_note = load_btf()
+        btf, _btf_note = load_btf()
         symbol, ks_note = load_ksyms()
-        try:
-            plan = drop.plan(btf=btf, rate_limit=self.cfg["probes.drop.rate_limit_per_cpu"],
-                             ringbuf_pages=self.cfg["ringbuf.pages"])
-        except drop.ProbeUnavailable as e:
-            raise StartError(str(e)) from None
-        for note in plan.degraded:
-            self.say(f"degraded: {note}")
+        ctx = KernelContext(btf=btf, symbol=symbol, clock=self.clock, ids=self.ids, cfg=self.cfg)
+        planned = []
+        for fam in families():
+            if not self.cfg[f"probes.{fam.name}.enabled"]:
+                continue
+            try:
+                plan = fam.plan(ctx)
+            except ProbeUnavailable as e:
+                self.say(f"probe {fam.name} cannot run here: {e}")
+                continue
+            for note in getattr(plan, "degraded", []):
+                self.say(f"degraded: {note}")
+            planned.append((fam, plan))
+        if not planned:
+            raise StartError("no probe can run (all disabled in the config, or unavailable: see above; "
+                             "`otel-kernelnet check` says why)")
         if ks_note != "ok":
-            self.say(f"degraded: drop locations shown as addresses ({ks_note})")
+            self.say(f"degraded: kernel addresses shown in hex ({ks_note})")
 
         res = resource.build(self.cfg["resource.attributes"])
         sink, embedded = self._make_sink(res)
@@ -165,11 +166,14 @@ class Collector:
         loader = Loader(debug_print_source=self.debug_bpf)
         t0 = time.monotonic()
         try:
-            try:
-                self.probes.append(drop.DropProbe(loader, plan, self._on_drop(plan, symbol), self._on_error))
-            except LoaderError as e:
-                raise StartError(str(e)) from None
-            self.say(f"probes attached in {time.monotonic() - t0:.2f}s (drop: skb:kfree_skb); "
+            for fam, plan in planned:
+                try:
+                    fam.start(loader, plan, ctx, self._emit, self._on_error)
+                except LoaderError as e:
+                    raise StartError(f"probe {fam.name}: {e}") from None
+                self.probes.append(fam)
+            self.say(f"probes attached in {time.monotonic() - t0:.2f}s "
+                     f"({'; '.join(f.summary for f in self.probes)}); "
                      f"headers: {loader.headers.how if loader.headers else '?'}")
             if self.ready_file:
                 self.ready_file.write_text(f"{os.getpid()}\n")

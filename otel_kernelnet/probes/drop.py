@@ -20,7 +20,8 @@ from typing import Callable
 from .. import records
 from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
-from ..spans import DropEvent
+from ..spans import DropEvent, drop_span
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable
 
 TRACEPOINT = ("skb", "kfree_skb")
 REQUIRED_FIELDS = ("skbaddr", "location", "protocol")
@@ -60,10 +61,6 @@ STATS = ("emitted", "rate_capped", "ringbuf_full", "seen")
 assert len(STATS) == FLAGS["KN_STAT_MAX"]
 
 
-class ProbeUnavailable(Exception):
-    """The probe cannot run here; the message names the fix."""
-
-
 @dataclass
 class Plan:
     format: TracepointFormat
@@ -72,6 +69,11 @@ class Plan:
 
     def reason_name(self, code: int) -> str:
         return self.format.symbol("reason", code)
+
+    def describe(self) -> str:
+        n = len(self.format.symbols.get("reason", {}))
+        fields = ", ".join(f for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if f in self.format.fields)
+        return f"fields {fields}; {n} drop-reason names from the kernel"
 
 
 def btf_offsets(btf: object | None) -> tuple[dict[str, int], list[str]]:
@@ -146,6 +148,27 @@ def decode(buf: bytes | bytearray | memoryview) -> DropEvent:
         saddr=bytes(r.saddr), daddr=bytes(r.daddr),
         comm=_cstr(bytes(r.comm)), ifname=_cstr(bytes(r.ifname)),
     )
+
+
+class DropFamily(ProbeFamily):
+    name = "drop"
+    summary = "drop: skb:kfree_skb"
+
+    def __init__(self) -> None:
+        self.probe: DropProbe | None = None
+
+    def plan(self, ctx: KernelContext) -> Plan:
+        return plan(btf=ctx.btf, rate_limit=ctx.cfg["probes.drop.rate_limit_per_cpu"],
+                    ringbuf_pages=ctx.cfg["ringbuf.pages"])
+
+    def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
+        def on_event(ev: DropEvent) -> None:
+            emit(drop_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids,
+                           reason_name=plan_.reason_name, symbol=ctx.symbol))
+        self.probe = DropProbe(loader, plan_, on_event, on_error)
+
+    def stats(self) -> dict[str, int]:
+        return self.probe.stats() if self.probe else {}
 
 
 class DropProbe:
