@@ -189,6 +189,11 @@ class Collector:
             self._final_probe_stats = self.probe_stats()
         except Exception:
             pass
+        for fam in self.probes:
+            try:
+                fam.close()
+            except Exception as e:
+                self.say(f"warning: closing probe {fam.name}: {e}")
         try:
             loader.close()
         finally:
@@ -210,6 +215,8 @@ class Collector:
             timeout = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
             self.stop_event.wait(timeout)
             loader.consume()
+            for fam in self.probes:
+                fam.poll()
             self.clock.maybe_recalibrate()
             now = time.monotonic()
             if every and now - last >= every:

@@ -46,3 +46,10 @@ class ProbeFamily(ABC):
 
     @abstractmethod
     def stats(self) -> dict[str, int]: ...
+
+    def poll(self) -> None:
+        """Called from the collector's loop after each ring-buffer drain (samplers that
+        read /proc on their own period do it here; BPF-only families need nothing)."""
+
+    def close(self) -> None:
+        """Stop anything the family started itself (threads); BPF detach is the loader's."""
