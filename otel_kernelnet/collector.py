@@ -127,6 +127,10 @@ class Collector:
         from .loader import Loader, LoaderError
         from .probes import KernelContext, ProbeUnavailable, families
 
+        from .check import OK, check_privileges
+        priv = check_privileges()
+        if priv.status != OK:
+            raise StartError(f"{priv.detail}. Fix: {priv.fix}")
         tfs, how = tracefs.ensure_tracefs()
         if tfs is None:
             raise StartError(f"tracefs: {how}. Fix: {tracefs.MOUNT_FIX}")

@@ -169,3 +169,11 @@ def test_check_without_tracefs_and_privilege_exits_2_naming_the_fix():
     assert "Traceback" not in r.stdout + r.stderr
     # and the host's tracefs is untouched
     assert sh("mountpoint", "-q", "/sys/kernel/tracing", check=False).returncode == 0
+
+
+def test_run_without_privileges_is_one_line_with_the_fix(tmp_path):
+    r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", *CLI, "run", "--duration", "1",
+                        "--output", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CAP_BPF" in lines[0] and "Fix:" in lines[0], r.stderr
