@@ -71,6 +71,7 @@ class Collector:
         self.clock = KernelClock()
         self.ids = RandomIds()
         self.pipeline: ExportPipeline | None = None
+        self.metrics = None
         self.probes: list[Any] = []
 
     # -- helpers ---------------------------------------------------------------------
@@ -87,8 +88,8 @@ class Collector:
         if target is None:
             return JsonLinesSink(self.output, res, scope,
                                  max_file_bytes=self.cfg["output.max_file_mb"] << 20,
-                                 max_files=self.cfg["output.max_files"]), True
-        return OtlpSink(target, res, scope, timeout_s=self.cfg["export.otlp.timeout_s"]), False
+                                 max_files=self.cfg["output.max_files"]), None
+        return OtlpSink(target, res, scope, timeout_s=self.cfg["export.otlp.timeout_s"]), target
 
     def _emit(self, span: KernelSpan) -> None:
         self.counters.events += 1
@@ -101,17 +102,26 @@ class Collector:
         if self.counters.mapping_errors <= 3:
             self.say(f"warning: could not decode/map a kernel record: {e}")
 
-    _final_probe_stats: dict[str, int] | None = None
+    _final_probe_stats: dict[str, dict[str, int]] | None = None
 
-    def probe_stats(self) -> dict[str, int]:
-        """Kernel-side counters summed over probes (the last reading once detached)."""
+    def stats_by_probe(self) -> dict[str, dict[str, int]]:
+        """Each probe's counters (the last reading once the probes are detached)."""
         if self._final_probe_stats is not None:
             return self._final_probe_stats
+        return {p.name: p.stats() for p in self.probes}
+
+    def probe_stats(self) -> dict[str, int]:
+        """Counters summed over probes."""
         total: dict[str, int] = {}
-        for p in self.probes:
-            for k, v in p.stats().items():
+        for st in self.stats_by_probe().values():
+            for k, v in st.items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def pipeline_stats(self) -> dict[str, int]:
+        pl = self.pipeline
+        return {"exported": pl.exported, "dropped_queue_full": pl.dropped_queue_full,
+                "failed": pl.failed} if pl else {}
 
     def status_line(self, rate: float) -> str:
         st = self.probe_stats()
@@ -156,7 +166,8 @@ class Collector:
             self.say(f"degraded: kernel addresses shown in hex ({ks_note})")
 
         res = resource.build(self.cfg["resource.attributes"])
-        sink, embedded = self._make_sink(res)
+        sink, target = self._make_sink(res)
+        embedded = target is None
         self.pipeline = ExportPipeline(sink, max_queue=self.cfg["export.queue_spans"],
                                        max_batch=self.cfg["export.batch_spans"],
                                        max_delay_s=self.cfg["export.batch_delay_ms"] / 1000)
@@ -166,6 +177,10 @@ class Collector:
         else:
             self.say(f"exporting {sink.description}")
 
+        from .export import metrics
+        self.metrics = metrics.build(res, target, self.output, self.cfg["status.interval_s"],
+                                     self.stats_by_probe, self.pipeline_stats,
+                                     timeout_s=self.cfg["export.otlp.timeout_s"])
         old_handlers = self._install_signals()
         loader = Loader(debug_print_source=self.debug_bpf)
         t0 = time.monotonic()
@@ -190,7 +205,7 @@ class Collector:
         """Drain, detach, flush: runs on every exit path, each step even if one fails."""
         try:
             loader.consume()
-            self._final_probe_stats = self.probe_stats()
+            self._final_probe_stats = self.stats_by_probe()
         except Exception:
             pass
         for fam in self.probes:
@@ -207,6 +222,11 @@ class Collector:
             if self.pipeline:
                 self.pipeline.close(timeout_s=max(5.0, self.cfg["export.otlp.timeout_s"]))
                 self.say("stopped: " + self.status_line(0.0).split(" | ", 1)[1])
+            if self.metrics:
+                try:
+                    self.metrics.shutdown()  # one last export of the final counts
+                except Exception as e:
+                    self.say(f"warning: final metrics export failed: {e}")
 
     def _loop(self, loader) -> None:
         poll = self.cfg["ringbuf.poll_interval_ms"] / 1000
