@@ -116,24 +116,38 @@ def test_drop_spans_reach_a_real_otlp_receiver(protocol, netns, collector, rotel
     assert not list(c.output.glob("*.jsonl")), "with an endpoint nothing goes to the embedded store"
 
 
-def count_attached() -> int:
-    out = sh("bpftool", "prog", "show", "--json").stdout
-    return sum(1 for p in json.loads(out) if p.get("name", "").startswith("kn_on_kfree"))
+def loaded_prog_ids() -> set[int]:
+    return {p["id"] for p in json.loads(sh("bpftool", "prog", "show", "--json").stdout)}
+
+
+def prog_ids_held_by(pid: int) -> set[int]:
+    """BPF programs whose file descriptors the process holds (from /proc/PID/fdinfo)."""
+    import os
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "duration"])
 def test_probes_are_detached_on_every_exit_path(how, tmp_path):
-    before = count_attached()
     ready = tmp_path / "ready"
     args = [*CLI, "run", "--output", str(tmp_path / "d"), "--ready-file", str(ready)]
     if how == "duration":
-        args += ["--duration", "1"]
+        args += ["--duration", "2"]
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert count_attached() == before + 1
+        held = prog_ids_held_by(p.pid)
+        assert held and held <= loaded_prog_ids(), "the running collector holds loaded programs"
         if how != "duration":
             p.send_signal(getattr(__import__("signal"), how))
         out, _ = p.communicate(timeout=30)
@@ -144,7 +158,7 @@ def test_probes_are_detached_on_every_exit_path(how, tmp_path):
     assert p.returncode == 0, out
     assert "stopped:" in out
     assert not ready.exists(), "the ready file is removed at exit"
-    assert count_attached() == before
+    assert not held & loaded_prog_ids(), "every program the collector loaded is gone"
 
 
 def test_check_exits_0_here():
