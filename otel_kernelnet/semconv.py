@@ -32,6 +32,9 @@ KIND_TCP_RESET_SENT = "tcp.reset.sent"
 KIND_TCP_RESET_RECEIVED = "tcp.reset.received"
 KIND_TCP_CONG_STATE = "tcp.cong_state"
 KIND_TCP_CONNECT = "tcp.connect"
+KIND_TCP_CLOSE = "tcp.close"
+KIND_SOCK_RCVQUEUE_FULL = "sock.rcvqueue_full"  #: socket receive queue full (any protocol; span kernel.tcp)
+KIND_SOCK_EXCEED_BUF_LIMIT = "sock.exceed_buf_limit"  #: protocol memory limit hit (span kernel.tcp)
 KIND_LISTEN_OVERFLOW = "tcp.listen_overflow"
 KIND_COUNTER = "counter"
 
@@ -49,7 +52,7 @@ class Attr:
 
 _ALL = ("*",)
 _SOCKET = (KIND_DROP, KIND_SKB, KIND_TCP_RETRANSMIT, KIND_TCP_RESET_SENT,
-           KIND_TCP_RESET_RECEIVED, KIND_TCP_CONG_STATE, KIND_TCP_CONNECT)
+           KIND_TCP_RESET_RECEIVED, KIND_TCP_CONG_STATE, KIND_TCP_CONNECT, KIND_TCP_CLOSE)
 
 ATTRIBUTES: tuple[Attr, ...] = (
     # common
@@ -73,7 +76,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("network.peer.address", "string", "Peer address of the socket.", _SOCKET[1:]),
     Attr("network.peer.port", "int", "Peer port of the socket.", _SOCKET[1:]),
     Attr("network.interface.name", "string", "Interface the packet was on.", (KIND_DROP, KIND_SKB)),
-    Attr("network.connection.state", "string", "TCP state (semconv spelling: established, syn_sent, ...).", (KIND_TCP_RETRANSMIT, KIND_TCP_RESET_SENT, KIND_TCP_RESET_RECEIVED, KIND_TCP_CONNECT)),
+    Attr("network.connection.state", "string", "TCP state (semconv spelling: established, syn_sent, ...); on connect/close the state entered.", (KIND_TCP_RETRANSMIT, KIND_TCP_RESET_SENT, KIND_TCP_RESET_RECEIVED, KIND_TCP_CONNECT, KIND_TCP_CLOSE)),
     # drops
     Attr("kernelnet.drop.reason", "string", "Drop reason name from the running kernel (NO_SOCKET, PFMEMALLOC, ...), or unknown:<n>.", (KIND_DROP, KIND_SKB)),
     Attr("kernelnet.drop.reason_code", "int", "Numeric drop reason as the kernel reported it.", (KIND_DROP, KIND_SKB)),
@@ -97,7 +100,23 @@ ATTRIBUTES: tuple[Attr, ...] = (
     # TCP events (issue 3)
     Attr("kernelnet.tcp.retransmit.type", "string", "syn, fast, timeout or unknown.", (KIND_TCP_RETRANSMIT,)),
     Attr("kernelnet.tcp.reset.reason", "string", "RST reason name from the running kernel.", (KIND_TCP_RESET_SENT,)),
-    Attr("kernelnet.tcp.cong_state", "string", "Congestion state entered (Open, Disorder, CWR, Recovery, Loss).", (KIND_TCP_CONG_STATE,)),
+    Attr("kernelnet.tcp.cong_state", "string", "Congestion state entered (Open, Disorder, CWR, Recovery, Loss); on a retransmit, the state the socket was in. Names from the kernel's BTF enum tcp_ca_state.", (KIND_TCP_CONG_STATE, KIND_TCP_RETRANSMIT)),
+    Attr("kernelnet.tcp.retransmit.err", "int", "Result of the retransmission as the kernel returned it (0: sent; negative errno: not sent).", (KIND_TCP_RETRANSMIT,)),
+    Attr("kernelnet.tcp.reset.reason_code", "int", "Numeric RST reason as the kernel reported it.", (KIND_TCP_RESET_SENT,)),
+    Attr("kernelnet.tcp.state.previous", "string", "State the socket left (semconv spelling) on a connect or close.", (KIND_TCP_CONNECT, KIND_TCP_CLOSE)),
+    Attr("kernelnet.sock.protocol", "string", "Protocol name the kernel gives (TCP, UDP, ...).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.mem.kind", "string", "Which limit was hit, named by the kernel (SK_MEM_SEND, SK_MEM_RECV).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.mem.allocated", "int", "Pages the protocol had allocated.", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.mem.min", "int", "The protocol's mem sysctl, first value (pages; e.g. net.ipv4.tcp_mem).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.mem.pressure", "int", "The protocol's mem sysctl, pressure threshold (pages).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.mem.max", "int", "The protocol's mem sysctl, hard limit (pages).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.rmem_alloc", "int", "Bytes in the socket's receive queue.", (KIND_SOCK_RCVQUEUE_FULL, KIND_SOCK_EXCEED_BUF_LIMIT)),
+    Attr("kernelnet.sock.truesize", "int", "truesize of the packet that did not fit.", (KIND_SOCK_RCVQUEUE_FULL,)),
+    Attr("kernelnet.sock.rcvbuf", "int", "The socket's sk_rcvbuf (bytes).", (KIND_SOCK_RCVQUEUE_FULL,)),
+    Attr("kernelnet.sock.sysctl_rmem", "int", "The protocol's minimum receive buffer (sysctl rmem[0]).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.sysctl_wmem", "int", "The protocol's minimum send buffer (sysctl wmem[0]).", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.wmem_alloc", "int", "Bytes of the socket's send buffer committed.", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
+    Attr("kernelnet.sock.wmem_queued", "int", "Bytes queued for sending.", (KIND_SOCK_EXCEED_BUF_LIMIT,)),
     Attr("kernelnet.listen.address", "string", "Listener address:port whose accept queue overflowed.", (KIND_LISTEN_OVERFLOW,)),
     Attr("kernelnet.listen.queue_len", "int", "Accept queue length (ss Recv-Q) when sampled.", (KIND_LISTEN_OVERFLOW,)),
     Attr("kernelnet.listen.queue_limit", "int", "Accept queue limit (ss Send-Q: min(backlog, somaxconn)).", (KIND_LISTEN_OVERFLOW,)),

@@ -435,6 +435,16 @@ class BTF:
             return bit // 8
         return self._unique(struct, path, one)
 
+    def bitfield(self, struct: str, path: str) -> tuple[int, int]:
+        """(bit offset from the start of `struct`, width in bits) of a bitfield member."""
+        def one(tid: int) -> tuple[int, int]:
+            bit, m = self._walk(tid, struct, path)
+            if not m.bitfield_size:
+                raise BTFError(f"struct {struct}: member '{path}' is not a bitfield (or uses the "
+                               "old INT-encoded bitfield form, which is not supported)")
+            return bit, m.bitfield_size
+        return self._unique(struct, path, one)
+
     def has_member(self, struct: str, path: str) -> bool:
         """True if struct/union `struct` has member `path` (bitfields included)."""
         try:

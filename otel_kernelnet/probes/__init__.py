@@ -6,4 +6,6 @@ from .base import KernelContext, ProbeFamily, ProbeUnavailable  # noqa: F401
 
 def families() -> list["ProbeFamily"]:
     from .drop import DropFamily
-    return [DropFamily()]
+    from .netns_counters import NetnsCountersFamily
+    from .tcp import TcpFamily
+    return [DropFamily(), NetnsCountersFamily(), TcpFamily()]
