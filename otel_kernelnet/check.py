@@ -52,7 +52,6 @@ def check_privileges(caps: int | None = None) -> Check:
 def run_checks(compile_test: bool = True) -> list[Check]:
     from .kernel import tracefs
     from .loader import BCC_FIX, HEADERS_FIX, find_headers
-    from .probes import drop
 
     checks: list[Check] = [check_privileges()]
     privileged = checks[0].status == OK

@@ -118,6 +118,20 @@ def find_headers() -> HeaderTree | None:
 
 
 # --- bcc -------------------------------------------------------------------------
+_BCC_INCLUDE = re.compile(r'^#include "([\w.-]+\.bcc\.h)"\s*$', re.M)
+
+
+def inline_bcc_headers(src: str, directory: Path = BPF_DIR) -> str:
+    r"""Paste ``#include "x.bcc.h"`` files in place (bcc rewrites map syntax such as
+    ``m.lookup()`` only in the main file, so shared code that uses maps must be in it).
+
+    >>> out = inline_bcc_headers('#include "drop.h"\n#include "common.bcc.h"\n')
+    >>> out.startswith('#include "drop.h"'), "kn_rate_ok" in out, '"common.bcc.h"' in out
+    (True, True, False)
+    """
+    return _BCC_INCLUDE.sub(lambda m: (directory / m.group(1)).read_text(), src)
+
+
 def import_bcc() -> Any:
     """Import bcc after tracefs is mounted (bcc picks its tracefs path at import)."""
     tracefs.ensure_tracefs()
@@ -168,7 +182,7 @@ class Loader:
     def compile(self, name: str, source_file: str, defines: dict[str, int | str]) -> Program:
         """Compile ``bpf/<source_file>`` with ``-D`` settings (include dir: bpf/)."""
         self._prepare()
-        src = (BPF_DIR / source_file).read_text()
+        src = inline_bcc_headers((BPF_DIR / source_file).read_text())
         cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(defines.items())]
         if self._debug:
             print(f"/* {source_file} compiled with: {' '.join(cflags)} */\n{src}")

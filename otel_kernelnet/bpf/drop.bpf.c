@@ -63,34 +63,8 @@
 #endif
 
 BPF_RINGBUF_OUTPUT(kn_drop_events, KN_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(kn_drop_stats, u64, KN_STAT_MAX);
-
-struct kn_rate { u64 window; u64 count; };
-BPF_PERCPU_ARRAY(kn_drop_rate, struct kn_rate, 1);
-
-static __always_inline void kn_count(int idx)
-{
-	u64 *v = kn_drop_stats.lookup(&idx);
-	if (v)
-		(*v)++;
-}
-
-static __always_inline int kn_rate_ok(u64 now)
-{
-	int zero = 0;
-	struct kn_rate *r = kn_drop_rate.lookup(&zero);
-	if (!r)
-		return 0;
-	u64 window = now / 1000000000ULL;
-	if (r->window != window) {
-		r->window = window;
-		r->count = 0;
-	}
-	if (r->count >= KN_RATE_LIMIT)
-		return 0;
-	r->count++;
-	return 1;
-}
+#define KN_STATS_MAX KN_STAT_MAX
+#include "common.bcc.h"
 
 static __always_inline void kn_read_netns_of_net(void *net, u32 *out)
 {

@@ -56,38 +56,13 @@
 #endif
 
 BPF_RINGBUF_OUTPUT(kn_tcp_events, KN_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(kn_tcp_stats, u64, KN_TCP_STAT_MAX);
-struct kn_rate { u64 window; u64 count; };
-BPF_PERCPU_ARRAY(kn_tcp_rate, struct kn_rate, 1);
+#define KN_STATS_MAX KN_TCP_STAT_MAX
+#include "common.bcc.h"
 /* skaddr -> bpf_ktime_get_ns() when the socket entered SYN_SENT */
 BPF_TABLE("lru_hash", u64, u64, kn_tcp_connecting, KN_CONNECT_PENDING);
 
 /* read one tracepoint field of exactly the destination's size (plan() checked sizes) */
 #define KN_RD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), ctx + (off))
-
-static __always_inline void kn_count(int idx)
-{
-	u64 *v = kn_tcp_stats.lookup(&idx);
-	if (v)
-		(*v)++;
-}
-
-static __always_inline int kn_rate_ok(u64 now)
-{
-	int zero = 0;
-	struct kn_rate *r = kn_tcp_rate.lookup(&zero);
-	if (!r)
-		return 0;
-	u64 window = now / 1000000000ULL;
-	if (r->window != window) {
-		r->window = window;
-		r->count = 0;
-	}
-	if (r->count >= KN_RATE_LIMIT)
-		return 0;
-	r->count++;
-	return 1;
-}
 
 /* rate cap, reserve, common fields; NULL when capped or the ring buffer is full */
 static __always_inline struct kn_tcp_event *kn_begin(u8 type, u64 now)

@@ -9,9 +9,10 @@ calls ``emit(span)`` for each span; ``stats()`` returns its loss/volume counters
 
 from __future__ import annotations
 
+import ctypes
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..clock import KernelClock
 from ..spans import IdSource, KernelSpan
@@ -53,3 +54,38 @@ class ProbeFamily(ABC):
 
     def close(self) -> None:
         """Stop anything the family started itself (threads); BPF detach is the loader's."""
+
+
+class RingBufferProbe:
+    """One compiled BPF object whose records arrive through one ring buffer.
+
+    Compiles ``bpf/<source>`` with the plan's ``-D`` settings, decodes every record
+    with ``decode`` and hands it to ``on_event``; a record that fails to decode or map
+    is counted (``decode_errors``) and reported to ``on_error``, and the stream goes
+    on. ``stats()`` reads the per-CPU counters of bpf/common.h (``kn_stats``) under
+    the names in ``stat_names``.
+    """
+
+    def __init__(self, loader: Any, name: str, source: str, defines: dict[str, int], ring_buffer: str,
+                 attach: Iterable[tuple[str, str]], decode: Callable[[bytes], Any],
+                 on_event: Callable[[Any], None], on_error: OnError, stat_names: tuple[str, ...]):
+        self._loader = loader
+        self.stat_names = stat_names
+        self.decode_errors = 0
+        self.prog = loader.compile(name, source, defines)
+
+        def cb(data: Any, size: int) -> None:
+            try:
+                on_event(decode(ctypes.string_at(data, size)))
+            except Exception as e:  # a bad record must not stop the stream; count it
+                self.decode_errors += 1
+                on_error(e)
+
+        loader.open_ring_buffer(self.prog, ring_buffer, cb)
+        for tracepoint, fn in attach:
+            loader.attach(self.prog, tracepoint, fn)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(zip(self.stat_names, self._loader.percpu_sum(self.prog, "kn_stats", len(self.stat_names))))
+        out["decode_errors"] = self.decode_errors
+        return out

@@ -21,7 +21,7 @@ from .. import records
 from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
 from ..spans import DropEvent, drop_span
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
 
 TRACEPOINT = ("skb", "kfree_skb")
 REQUIRED_FIELDS = ("skbaddr", "location", "protocol")
@@ -171,32 +171,10 @@ class DropFamily(ProbeFamily):
         return self.probe.stats() if self.probe else {}
 
 
-class DropProbe:
+class DropProbe(RingBufferProbe):
     """Compiled and attached drop probe; ``on_event`` receives each DropEvent."""
 
-    name = "drop"
-    source = "drop.bpf.c"
-    fn = "kn_on_kfree_skb"
-
-    def __init__(self, loader, plan_: Plan, on_event: Callable[[DropEvent], None],
-                 on_error: Callable[[Exception], None]):
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[DropEvent], None], on_error: OnError):
         self.plan = plan_
-        self._loader = loader
-        self.prog = loader.compile(self.name, self.source, plan_.defines)
-        self.decode_errors = 0
-
-        def cb(data, size):
-            try:
-                on_event(decode(ctypes.string_at(data, size)))
-            except Exception as e:  # a bad record must not stop the stream; count it
-                self.decode_errors += 1
-                on_error(e)
-
-        loader.open_ring_buffer(self.prog, "kn_drop_events", cb)
-        loader.attach(self.prog, "%s:%s" % TRACEPOINT, self.fn)
-
-    def stats(self) -> dict[str, int]:
-        vals = self._loader.percpu_sum(self.prog, "kn_drop_stats", len(STATS))
-        out = dict(zip(STATS, vals))
-        out["decode_errors"] = self.decode_errors
-        return out
+        super().__init__(loader, "drop", "drop.bpf.c", plan_.defines, "kn_drop_events",
+                         [("%s:%s" % TRACEPOINT, "kn_on_kfree_skb")], decode, on_event, on_error, STATS)

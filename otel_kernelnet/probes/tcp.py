@@ -38,7 +38,7 @@ from .. import semconv as sc
 from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
 from ..spans import STATUS_ERROR, STATUS_UNSET, IdSource, KernelSpan, ip_text
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
 
 RECORD = records.record_type("tcp", "kn_tcp_event")
 DEFS = records.defines("tcp")
@@ -502,32 +502,10 @@ class TcpFamily(ProbeFamily):
         return self.probe.stats() if self.probe else {}
 
 
-class TcpProbe:
+class TcpProbe(RingBufferProbe):
     """Compiled and attached TCP family; ``on_event`` receives each TcpEvent."""
 
-    name = "tcp"
-    source = "tcp.bpf.c"
-
-    def __init__(self, loader, plan_: Plan, on_event: Callable[[TcpEvent], None],
-                 on_error: Callable[[Exception], None]):
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[TcpEvent], None], on_error: OnError):
         self.plan = plan_
-        self._loader = loader
-        self.prog = loader.compile(self.name, self.source, plan_.defines)
-        self.decode_errors = 0
-
-        def cb(data, size):
-            try:
-                on_event(decode(ctypes.string_at(data, size)))
-            except Exception as e:  # a bad record must not stop the stream; count it
-                self.decode_errors += 1
-                on_error(e)
-
-        loader.open_ring_buffer(self.prog, "kn_tcp_events", cb)
-        for tp in plan_.attach:
-            loader.attach(self.prog, tp.full_name, tp.fn)
-
-    def stats(self) -> dict[str, int]:
-        vals = self._loader.percpu_sum(self.prog, "kn_tcp_stats", len(STATS))
-        out = dict(zip(STATS, vals))
-        out["decode_errors"] = self.decode_errors
-        return out
+        super().__init__(loader, "tcp", "tcp.bpf.c", plan_.defines, "kn_tcp_events",
+                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS)

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["otel_kernelnet.clock", "otel_kernelnet.kernel.tracefs", "otel_kernelnet.export.sinks",
+MODULES = ["otel_kernelnet.clock", "otel_kernelnet.kernel.tracefs", "otel_kernelnet.export.sinks", "otel_kernelnet.loader",
            "otel_kernelnet.resource"]
 
 

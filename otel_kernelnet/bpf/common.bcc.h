@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * Shared by every probe family's .bpf.c (bcc-only: it declares maps): the per-CPU
+ * per-second rate cap and the per-CPU volume/loss counters. Each family is compiled
+ * as its own BPF object, so these map names are the same in every family without
+ * clashing; the Python side reads them as "kn_stats" (probes/base.py).
+ * The including file defines KN_STATS_MAX (number of counters) and KN_RATE_LIMIT.
+ *
+ * bcc rewrites its map syntax (kn_stats.lookup()) only in the main source file, so
+ * the loader pastes every `#include "*.bcc.h"` in place before compiling
+ * (loader.inline_bcc_headers); plain headers (the records) are included normally.
+ */
+#ifndef KN_COMMON_H
+#define KN_COMMON_H
+
+BPF_PERCPU_ARRAY(kn_stats, u64, KN_STATS_MAX);
+
+struct kn_rate { u64 window; u64 count; };
+BPF_PERCPU_ARRAY(kn_rate_window, struct kn_rate, 1);
+
+static __always_inline void kn_count(int idx)
+{
+	u64 *v = kn_stats.lookup(&idx);
+	if (v)
+		(*v)++;
+}
+
+/* 1 while this CPU has emitted fewer than KN_RATE_LIMIT records this second */
+static __always_inline int kn_rate_ok(u64 now)
+{
+	int zero = 0;
+	struct kn_rate *r = kn_rate_window.lookup(&zero);
+	if (!r)
+		return 0;
+	u64 window = now / 1000000000ULL;
+	if (r->window != window) {
+		r->window = window;
+		r->count = 0;
+	}
+	if (r->count >= KN_RATE_LIMIT)
+		return 0;
+	r->count++;
+	return 1;
+}
+
+#endif /* KN_COMMON_H */
