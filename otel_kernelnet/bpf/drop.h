@@ -14,7 +14,7 @@
 #define KN_DROP_F_DEV      0x08 /* ifindex/ifname come from skb->dev */
 #define KN_DROP_F_OWNER_SK 0x10 /* no rx_sk; sk_cookie/netns are of skb->sk, the owning socket */
 
-/* indexes of the per-CPU stats array (kn_drop_stats) */
+/* indexes of the per-CPU stats array (kn_stats, see common.bcc.h) */
 #define KN_STAT_EMITTED    0 /* records written to the ring buffer */
 #define KN_STAT_RATE_CAPPED 1 /* drops over the per-CPU per-second cap, not emitted */
 #define KN_STAT_RB_FULL    2 /* ring buffer reservation failed (consumer too slow) */

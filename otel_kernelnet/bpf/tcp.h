@@ -23,7 +23,7 @@
 #define KN_TCP_F_REASON   0x08 /* reason is set (the tracepoint has it) */
 #define KN_TCP_F_ERR      0x10 /* err is set (the tracepoint has it) */
 
-/* indexes of the per-CPU stats array (kn_tcp_stats) */
+/* indexes of the per-CPU stats array (kn_stats, see common.bcc.h) */
 #define KN_TCP_STAT_EMITTED     0 /* records written to the ring buffer */
 #define KN_TCP_STAT_RATE_CAPPED 1 /* events over the per-CPU per-second cap, not emitted */
 #define KN_TCP_STAT_RB_FULL     2 /* ring buffer reservation failed (consumer too slow) */
