@@ -2,7 +2,7 @@
 # One idempotent set-up step for otel-kernelnet (both README commands run it first).
 #   - installs the Debian packages of scripts/apt-packages.txt (only when one is missing)
 #   - creates .venv at the repo root with the project installed editable (+ analysis, test)
-#   - makes Debian's bcc module importable from the venv (and nothing else of dist-packages)
+#   - makes Debian's python3-bpfcc module importable from the venv (and nothing else of dist-packages)
 #   - mounts tracefs at /sys/kernel/tracing
 # A second run with nothing changed is a quick no-op.
 set -euo pipefail
