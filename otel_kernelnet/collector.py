@@ -51,7 +51,6 @@ def load_ksyms() -> tuple[Callable[[int], str], str]:
 @dataclass
 class Counters:
     events: int = 0
-    spans: int = 0
     mapping_errors: int = 0
 
 
@@ -95,7 +94,6 @@ class Collector:
         self.counters.events += 1
         assert self.pipeline is not None
         self.pipeline.submit(span)
-        self.counters.spans += 1
 
     def _on_error(self, e: Exception) -> None:
         self.counters.mapping_errors += 1

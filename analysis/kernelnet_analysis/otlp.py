@@ -34,7 +34,7 @@ import polars as pl
 
 from .errors import SourceError
 from .schema import (ATTRIBUTE_COLUMNS, EVENT_SCHEMA, LINK_SCHEMA, RESOURCE_SCHEMA,
-                     SPAN_BASE, SPAN_SCHEMA, Traces)
+                     SPAN_SCHEMA, Traces)
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _KIND_NAMES = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2,

@@ -93,7 +93,7 @@ def test_join_each_match_kind():
     srv = w.app_span("s", 5000, 300, **{"kernelnet.socket.cookie": 7, "network.local.address": "10.0.0.1",
                                           "network.local.port": 80, "network.peer.address": "10.0.0.2",
                                           "network.peer.port": 5555})
-    cli = w.app_span("c", 6000, 2000, kind=3, **{"server.address": "10.0.0.1", "server.port": 80})
+    w.app_span("c", 6000, 2000, kind=3, **{"server.address": "10.0.0.1", "server.port": 80})
     p = w.kernel("s", 5100, 0, "drop", parent=srv, kernelnet__drop__reason="PFMEMALLOC")
     sirq = w.kernel("q", 5150, 50, "softirq", kernelnet__softirq__wait_ns=50 * MS)
     w.kernel("k1", 5200, 0, "tcp.retransmit", links=[("q", sirq)], **{"kernelnet.socket.cookie": 7})

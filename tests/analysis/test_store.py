@@ -8,7 +8,6 @@ import polars as pl
 import pytest
 
 from kernelnet_analysis import SPAN_SCHEMA, SourceError, load_store, read_file, store_to_parquet, scan_parquet
-from kernelnet_analysis import store as store_mod
 
 TID = "5b8efff798038103d269b633813fc700"
 

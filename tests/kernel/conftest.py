@@ -138,6 +138,37 @@ def read_store(directory: Path) -> list[dict]:
     return out
 
 
+def wait_for_store(directory: Path, predicate, timeout: float = 20, every: float = 0.1) -> list[dict]:
+    """Poll the embedded store (bounded) until ``predicate(spans)`` holds; the last read.
+
+    A line the collector is still writing is simply read again at the next poll.
+    """
+    deadline = time.monotonic() + timeout
+    spans: list[dict] = []
+    while True:
+        try:
+            spans = read_store(directory)
+        except json.JSONDecodeError:
+            pass
+        else:
+            if predicate(spans):
+                return spans
+        if time.monotonic() >= deadline:
+            return spans
+        time.sleep(every)
+
+
+def stop_by_stdin(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a helper that exits when its stdin closes; kill it (by pid) if it does not."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def _val(v: dict):
     (k, x), = v.items()
     return int(x) if k == "intValue" else x

@@ -100,7 +100,7 @@ def test_drop_spans_reach_a_real_otlp_receiver(protocol, netns, collector, rotel
     def mine_of(spans):
         return [s for s in spans if s["attributes"].get("kernelnet.netns") == netns.inode
                 and s["attributes"].get("destination.port") == 4127]
-    spans = otlp_sink.wait_for(lambda spans: len(mine_of(spans)) >= 5, timeout=30)
+    otlp_sink.wait_for(lambda spans: len(mine_of(spans)) >= 5, timeout=30)
     assert c.stop() == 0, c.text()
     mine = mine_of(otlp_sink.spans())
     assert len(mine) == 5

@@ -9,13 +9,11 @@ name the listener, its queue limit and the namespace's somaxconn.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 
 from otel_kernelnet.kernel import netstat
-from tests.kernel.conftest import read_store
+from tests.kernel.conftest import read_store, stop_by_stdin, wait_for_store
 
 LISTENER = """
 import socket, sys
@@ -79,24 +77,10 @@ def test_listen_overflow_counter_and_listener_spans(netns, collector):
             return (sum(s["attributes"]["kernelnet.counter.delta"]
                         for s in mine(spans, "counter", "TcpExtListenOverflows")) >= delta["TcpExtListenOverflows"]
                     and mine(spans, "tcp.listen_overflow"))
-        spans: list[dict] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                spans = read_store(c.output)
-            except json.JSONDecodeError:  # a line being written: read again
-                continue
-            if complete(spans):
-                break
-            time.sleep(0.1)
+        wait_for_store(c.output, complete)
         queue_seen = netns.exec("ss", "-Hlnt", f"sport = :{port}").stdout.split()
     finally:
-        srv.stdin.close()
-        try:
-            srv.wait(10)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait(10)
+        stop_by_stdin(srv)
     assert c.stop() == 0, c.text()
     spans = read_store(c.output)
 
@@ -134,22 +118,13 @@ def test_somaxconn_is_read_from_the_listeners_namespace(netns, collector):
         port = int(srv.stdout.readline())
         before = kernel_counters(netns)["TcpExtListenOverflows"]
         netns.exec(sys.executable, "-c", CLIENTS, str(port), "13", str(before), "8", timeout=30)
-        deadline = time.monotonic() + 20
-        lo: list[dict] = []
-        while not lo and time.monotonic() < deadline:
-            try:
-                lo = [s for s in read_store(c.output) if s["attributes"].get("kernelnet.netns") == netns.inode
-                      and s["attributes"].get("kernelnet.kind") == "tcp.listen_overflow"]
-            except json.JSONDecodeError:
-                continue
-            time.sleep(0.1)
+
+        def overflow_spans(spans):
+            return [s for s in spans if s["attributes"].get("kernelnet.netns") == netns.inode
+                    and s["attributes"].get("kernelnet.kind") == "tcp.listen_overflow"]
+        lo = overflow_spans(wait_for_store(c.output, overflow_spans))
     finally:
-        srv.stdin.close()
-        try:
-            srv.wait(10)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait(10)
+        stop_by_stdin(srv)
     assert c.stop() == 0, c.text()
     assert lo, c.text()
     host = int(open("/proc/sys/net/core/somaxconn").read())

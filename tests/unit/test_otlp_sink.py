@@ -40,7 +40,6 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from tests.support.fixtures import otlp_sink, rotel_relay  # noqa: F401 (fixtures)
 from tests.support.otlp_sink import OtlpSink
 from tests.support import rotel as rotel_module
 from tests.support.rotel import RotelRelay, RotelStartError
