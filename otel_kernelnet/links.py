@@ -1,0 +1,136 @@
+"""A small bounded index of recent node-level spans, for other families to link to.
+
+Softirq and reclaim spans are not per-socket: their value is in being linked from
+the packets and requests they delayed. The softirq and reclaim families add their
+spans here as they emit them; the skb lifecycle, drop and join code ask:
+
+- ``softirq_overlapping(cpu, start_ns, end_ns)``: softirq spans of that CPU whose
+  window (wait start -> exit) overlaps the interval;
+- ``reclaim_overlapping(pid=..., cgroup=..., start_ns=..., end_ns=...)``: reclaim
+  spans (direct, memcg, throttle) of that task (tgid) or cgroup (id or path)
+  overlapping the interval;
+- ``memory_pressure_at(t_ns)``: the zone watermark state sampled at or just before
+  ``t_ns`` and the reclaim activity around it (for a PFMEMALLOC drop).
+
+Each query returns ``SpanLink`` values (attribute ``kernelnet.kind`` names the
+linked family) ready to append to ``KernelSpan.links``. Times are Unix epoch ns, as
+in ``KernelSpan``. Memory is bounded: ``per_cpu`` softirq spans per CPU, ``reclaims``
+reclaim spans and ``snapshots`` zone samples in all; the oldest go first
+(``evicted`` counts them). Thread-safe (the join may query from receiver threads).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import semconv as sc
+from .spans import KernelSpan, SpanLink
+
+
+@dataclass(frozen=True)
+class Entry:
+    start_ns: int
+    end_ns: int
+    trace_id: bytes
+    span_id: bytes
+    kind: str
+    pid: int = 0
+    cgroup: int = 0
+    cgroup_path: str = ""
+
+    def link(self) -> SpanLink:
+        return SpanLink(self.trace_id, self.span_id, {sc.KIND: self.kind})
+
+
+@dataclass
+class Snapshot:
+    t_ns: int
+    zones: list[dict[str, Any]]  # zoneinfo.Zone.as_dict() of each populated zone
+    below_min: list[str] = field(default_factory=list)  # "node0/Normal" of zones under min
+    span: Entry | None = None  # the zone_below_min span emitted for this sample, if any
+
+
+class LinkIndex:
+    def __init__(self, per_cpu: int = 256, reclaims: int = 2048, snapshots: int = 512):
+        self._lock = threading.Lock()
+        self._per_cpu = per_cpu
+        self._softirq: dict[int, deque[Entry]] = {}
+        self._reclaim: deque[Entry] = deque(maxlen=reclaims)
+        self._snapshots: deque[Snapshot] = deque(maxlen=snapshots)
+        self.evicted = 0
+
+    # -- adding (the softirq and reclaim families) -------------------------------
+    @staticmethod
+    def _entry(span: KernelSpan, **kw: Any) -> Entry:
+        return Entry(span.start_ns, span.end_ns, span.trace_id, span.span_id,
+                     str(span.attributes.get(sc.KIND, "")), **kw)
+
+    def add_softirq(self, span: KernelSpan, cpu: int) -> None:
+        with self._lock:
+            q = self._softirq.setdefault(cpu, deque(maxlen=self._per_cpu))
+            if len(q) == q.maxlen:
+                self.evicted += 1
+            q.append(self._entry(span))
+
+    def add_reclaim(self, span: KernelSpan, pid: int = 0, cgroup: int = 0, cgroup_path: str = "") -> None:
+        with self._lock:
+            if len(self._reclaim) == self._reclaim.maxlen:
+                self.evicted += 1
+            self._reclaim.append(self._entry(span, pid=pid, cgroup=cgroup, cgroup_path=cgroup_path or ""))
+
+    def add_snapshot(self, t_ns: int, zones: list[dict[str, Any]], below_min: list[str],
+                     span: KernelSpan | None = None) -> None:
+        """One /proc/zoneinfo sample (and the zone_below_min span made of it, if any)."""
+        with self._lock:
+            if len(self._snapshots) == self._snapshots.maxlen:
+                self.evicted += 1
+            self._snapshots.append(Snapshot(t_ns, zones, list(below_min),
+                                            self._entry(span) if span is not None else None))
+
+    # -- queries (lifecycle, drop, join) -----------------------------------------
+    def softirq_overlapping(self, cpu: int, start_ns: int, end_ns: int) -> list[SpanLink]:
+        """Softirq spans of ``cpu`` whose window overlaps [start_ns, end_ns]."""
+        with self._lock:
+            q = self._softirq.get(cpu, ())
+            return [e.link() for e in q if e.start_ns <= end_ns and e.end_ns >= start_ns]
+
+    def reclaim_overlapping(self, pid: int | None = None, cgroup: int | str | None = None, *,
+                            start_ns: int, end_ns: int) -> list[SpanLink]:
+        """Reclaim spans of task ``pid`` or cgroup ``cgroup`` (id, or path) overlapping
+        [start_ns, end_ns]; with neither, every reclaim span (node-wide pressure)."""
+        with self._lock:
+            out = []
+            for e in self._reclaim:
+                if e.start_ns > end_ns or e.end_ns < start_ns:
+                    continue
+                if pid is not None or cgroup is not None:
+                    mine = (pid is not None and e.pid == pid) or (
+                        cgroup is not None and cgroup != "" and cgroup != 0
+                        and (e.cgroup == cgroup or e.cgroup_path == cgroup))
+                    if not mine:
+                        continue
+                out.append(e.link())
+            return out
+
+    def memory_pressure_at(self, t_ns: int, window_ns: int = 1_000_000_000) -> dict[str, Any] | None:
+        """The memory state at ``t_ns``: the last zone sample at or before it, whether
+        a zone was below its min watermark, and links to the zone_below_min span (if
+        that sample made one) and to reclaim activity within ``window_ns`` before
+        ``t_ns``. None before the first sample.
+
+        ``{"sampled_ns": int, "below_min": ["node0/Normal"], "zones": [{...}], "links": [SpanLink]}``
+        """
+        with self._lock:
+            times = [s.t_ns for s in self._snapshots]
+            i = bisect.bisect_right(times, t_ns) - 1
+            if i < 0:
+                return None
+            snap = self._snapshots[i]
+            links = [snap.span.link()] if snap.span is not None else []
+            links += [e.link() for e in self._reclaim if e.start_ns <= t_ns and e.end_ns >= t_ns - window_ns]
+            return {"sampled_ns": snap.t_ns, "below_min": list(snap.below_min),
+                    "zones": [dict(z) for z in snap.zones], "links": links}

@@ -1,0 +1,45 @@
+"""The bounded index of node-level spans other families link to."""
+
+from otel_kernelnet.links import LinkIndex
+from otel_kernelnet.spans import KernelSpan
+
+
+def span(n: int, start: int, end: int, kind: str) -> KernelSpan:
+    return KernelSpan("x", n.to_bytes(16, "big"), n.to_bytes(8, "big"), start, end, {"kernelnet.kind": kind})
+
+
+def test_softirq_overlap_per_cpu():
+    ix = LinkIndex()
+    ix.add_softirq(span(1, 100, 200, "softirq"), cpu=1)
+    ix.add_softirq(span(2, 300, 400, "softirq"), cpu=1)
+    ix.add_softirq(span(3, 100, 400, "softirq"), cpu=0)
+    got = ix.softirq_overlapping(1, 150, 310)
+    assert [lk.span_id for lk in got] == [(1).to_bytes(8, "big"), (2).to_bytes(8, "big")]
+    assert got[0].attributes == {"kernelnet.kind": "softirq"} and got[0].trace_id == (1).to_bytes(16, "big")
+    assert ix.softirq_overlapping(1, 201, 299) == [] and ix.softirq_overlapping(5, 0, 10**9) == []
+    assert [lk.span_id[-1] for lk in ix.softirq_overlapping(1, 200, 200)] == [1]  # touching counts
+
+
+def test_reclaim_by_task_or_cgroup():
+    ix = LinkIndex()
+    ix.add_reclaim(span(1, 100, 200, "reclaim"), pid=10, cgroup=7, cgroup_path="/a")
+    ix.add_reclaim(span(2, 150, 250, "reclaim"), pid=11, cgroup=8, cgroup_path="/b")
+    ids = lambda links: [lk.span_id[-1] for lk in links]  # noqa: E731
+    assert ids(ix.reclaim_overlapping(pid=10, start_ns=0, end_ns=1000)) == [1]
+    assert ids(ix.reclaim_overlapping(cgroup=8, start_ns=0, end_ns=1000)) == [2]
+    assert ids(ix.reclaim_overlapping(cgroup="/a", start_ns=0, end_ns=1000)) == [1]
+    assert ids(ix.reclaim_overlapping(start_ns=210, end_ns=300)) == [2]
+    assert ix.reclaim_overlapping(pid=10, start_ns=201, end_ns=300) == []
+
+
+def test_bounded():
+    ix = LinkIndex(per_cpu=3, reclaims=2, snapshots=2)
+    for i in range(5):
+        ix.add_softirq(span(i + 1, i * 10, i * 10 + 5, "softirq"), cpu=0)
+        ix.add_reclaim(span(i + 1, i * 10, i * 10 + 5, "reclaim"), pid=1)
+        ix.add_snapshot(i * 10, [], [])
+    assert [lk.span_id[-1] for lk in ix.softirq_overlapping(0, 0, 100)] == [3, 4, 5]
+    assert [lk.span_id[-1] for lk in ix.reclaim_overlapping(pid=1, start_ns=0, end_ns=100)] == [4, 5]
+    assert ix.evicted == 2 + 3 + 3
+    assert ix.memory_pressure_at(5) is None  # its snapshot was evicted
+    assert ix.memory_pressure_at(35)["sampled_ns"] == 30
