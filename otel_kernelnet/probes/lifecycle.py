@@ -1,0 +1,446 @@
+"""skb lifecycle family: the receive path of one packet, arrival -> read or drop.
+
+Stages (tracepoints; each stage becomes a span event with its own timestamp):
+
+- **arrival**: ``net:netif_rx`` (veth, loopback, packets queued to a CPU's backlog),
+  ``net:napi_gro_receive_entry`` (NIC with GRO), ``net:netif_receive_skb_entry`` /
+  ``_list_entry`` (NIC without GRO); device, netns and CPU;
+- **protocol**: ``net:netif_receive_skb`` (the gap from arrival is the backlog/NET_RX
+  wait); the 4-tuple is read from the IP header here, and the GSO segment count;
+- **enqueue**: ``tcp:tcp_probe`` (TCP receive processing of a socket: its cookie,
+  its own 4-tuple, the payload length; a segment without payload ends there);
+- **read**: ``skb:skb_copy_datagram_iovec`` in the reader's task (pid/tid/comm);
+- **drop**: ``skb:kfree_skb`` (reason named by the running kernel).
+
+Stitching happens in the kernel (bpf/lifecycle.bpf.c): an LRU hash keyed by the skb
+address holds the stages, and one record is written per finished lifecycle that the
+volume policy selects (dropped; arrival -> end above ``slow_threshold_us``; cookie on
+the watch list; 1 in ``sample_one_in``), under a per-CPU per-second cap. Every
+finished lifecycle feeds per-stage log2 histograms (``histograms()``), exported as
+OTel metrics.
+
+Caveats: a TCP segment coalesced into the previous one in the receive queue is read
+as part of that one (its own lifecycle is evicted quietly from the LRU); UDP and other
+protocols have no enqueue stage, so their spans carry the packet's 4-tuple but no
+cookie (the join falls back to the 4-tuple). Requirements: tracefs; the tracepoints
+``net:netif_rx``, ``net:netif_receive_skb``, ``skb:skb_copy_datagram_iovec``,
+``skb:kfree_skb`` (refused without them); ``tcp:tcp_probe`` with
+``sock_cookie`` and ``skbaddr`` (else no socket stage: degraded) and BTF (else no
+device, netns, addresses or segment count: degraded).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .. import records
+from .. import semconv as sc
+from ..kernel import tracefs
+from ..kernel.tracefs import TracepointFormat
+from ..export.metrics_model import HistogramPoint
+from ..spans import L4_NAMES, STATUS_ERROR, STATUS_UNSET, IdSource, KernelSpan, SpanEvent, ip_text
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+
+RECORD = records.record_type("lifecycle", "kn_life_event")
+DEFS = records.defines("lifecycle")
+STATS = ("emitted", "rate_capped", "ringbuf_full", "arrived", "read", "dropped", "quiet", "no_data")
+assert len(STATS) == DEFS["KN_STAT_MAX"]
+STAGES = ("backlog", "protocol", "socket", "total")  # histogram stage names, KN_LIFE_H_* order
+assert len(STAGES) == DEFS["KN_LIFE_H_STAGES"]
+BUCKETS = DEFS["KN_LIFE_H_BUCKETS"]
+METRIC_STAGE_LATENCY = "kernelnet.skb.stage.duration"
+METRIC_STAGE_DOC = ("Receive-path stage latency of every packet followed (backlog: arrival -> netif_receive_skb; "
+                    "protocol: -> socket enqueue; socket: enqueue -> first read; total: arrival -> first read)")
+
+
+@dataclass(frozen=True)
+class Tracepoint:
+    key: str  # macro infix: KN_TP_<key>_<FIELD>, KN_HAVE_<have>
+    category: str
+    name: str
+    fn: str  # program in lifecycle.bpf.c
+    fields: Mapping[str, int]  # field -> size it must have
+    have: str = ""  # KN_HAVE_<have> macro when optional ("" = required)
+    what: str = ""  # what is lost without it
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.category}:{self.name}"
+
+
+TRACEPOINTS = (
+    Tracepoint("RX", "net", "netif_rx", "kn_on_netif_rx", {"skbaddr": 8}),
+    Tracepoint("GRO", "net", "napi_gro_receive_entry", "kn_on_gro_entry", {"skbaddr": 8}, "GRO",
+               "packets of GRO-capable NICs start at netif_receive_skb (no backlog stage)"),
+    Tracepoint("RCV_ENTRY", "net", "netif_receive_skb_entry", "kn_on_rcv_entry", {"skbaddr": 8}, "RCV_ENTRY",
+               "packets of NICs without GRO are not followed"),
+    Tracepoint("RCV_LIST_ENTRY", "net", "netif_receive_skb_list_entry", "kn_on_rcv_list_entry",
+               {"skbaddr": 8}, "RCV_LIST_ENTRY", "packets of NICs delivering lists are not followed"),
+    Tracepoint("RCV", "net", "netif_receive_skb", "kn_on_netif_receive_skb", {"skbaddr": 8}),
+    Tracepoint("PROBE", "tcp", "tcp_probe", "kn_on_tcp_probe",
+               {"skbaddr": 8, "skaddr": 8, "sock_cookie": 8, "saddr": 28, "daddr": 28,
+                "sport": 2, "dport": 2, "family": 2, "data_len": 2}, "TCP_PROBE",
+               "no socket-enqueue stage and no socket cookie on lifecycle spans (join by 4-tuple)"),
+    Tracepoint("COPY", "skb", "skb_copy_datagram_iovec", "kn_on_copy_datagram", {"skbaddr": 8, "len": 4}),
+    Tracepoint("DROP", "skb", "kfree_skb", "kn_on_kfree_skb", {"skbaddr": 8}),
+)
+
+# (macro, struct, member path, group): read through pointers, offsets from BTF
+BTF_MEMBERS = (
+    ("KN_OFF_SKB_DEV", "sk_buff", "dev", "dev"),
+    ("KN_OFF_DEV_ND_NET", "net_device", "nd_net", "dev"),
+    ("KN_OFF_NET_NS_INUM", "net", "ns.inum", "dev"),
+    ("KN_OFF_DEV_IFINDEX", "net_device", "ifindex", "ifname"),
+    ("KN_OFF_DEV_NAME", "net_device", "name", "ifname"),
+    ("KN_OFF_SKB_LEN", "sk_buff", "len", "len"),
+    ("KN_OFF_SKB_DATA", "sk_buff", "data", "l3"),
+    ("KN_OFF_SKB_PROTOCOL", "sk_buff", "protocol", "l3"),
+    ("KN_OFF_SKB_HEAD", "sk_buff", "head", "segs"),
+    ("KN_OFF_SKB_END", "sk_buff", "end", "segs"),
+    ("KN_OFF_SHINFO_GSO_SEGS", "skb_shared_info", "gso_segs", "segs"),
+)
+BTF_LOSS = {
+    "dev": "no network namespace or device on lifecycle spans (and no namespace scoping)",
+    "ifname": "no device name on lifecycle spans",
+    "len": "no packet length on lifecycle spans",
+    "l3": "no 4-tuple for packets without a TCP socket stage",
+    "segs": "no GSO segment count on lifecycle spans",
+}
+
+
+@dataclass
+class Plan:
+    formats: dict[str, TracepointFormat]  # key -> format of each tracepoint attached
+    defines: dict[str, int] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    drop_reasons: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def attach(self) -> list[Tracepoint]:
+        return [tp for tp in TRACEPOINTS if tp.key in self.formats]
+
+    def reason_name(self, code: int) -> str:
+        name = self.drop_reasons.get(code)
+        return name if name is not None else f"unknown:{code}"
+
+    def describe(self) -> str:
+        return f"{len(self.formats)} tracepoints ({', '.join(tp.full_name for tp in self.attach)})"
+
+
+def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
+    out: dict[str, TracepointFormat | None] = {}
+    for tp in TRACEPOINTS:
+        try:
+            out[tp.key] = tracefs.read_format(tp.category, tp.name, tracefs_root)
+        except tracefs.TracefsError as e:
+            if "does not exist" not in str(e):
+                raise ProbeUnavailable(str(e)) from None
+            out[tp.key] = None
+    return out
+
+
+def btf_offsets(btf: Any | None) -> tuple[dict[str, int], list[str]]:
+    offs = {m: -1 for m, *_ in BTF_MEMBERS}
+    if btf is None:
+        return offs, ["no kernel BTF: " + "; ".join(BTF_LOSS.values())]
+    bad_groups: set[str] = set()
+    for macro, struct, path, group in BTF_MEMBERS:
+        try:
+            offs[macro] = btf.offsetof(struct, path)
+        except Exception:
+            bad_groups.add(group)
+    for macro, _s, _p, group in BTF_MEMBERS:
+        if group in bad_groups:
+            offs[macro] = -1
+    return offs, [f"BTF lacks members for it: {BTF_LOSS[g]}" for g in sorted(bad_groups)]
+
+
+def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
+         slow_threshold_us: int = 1000, sample_one_in: int = 0, rate_limit: int = 2000,
+         ringbuf_pages: int = 64, max_in_flight: int = 16384, max_watched: int = 4096) -> Plan:
+    """Decide how the family runs on this kernel (pure: give it formats and btf to test)."""
+    if formats is None:
+        formats = read_formats()
+    d: dict[str, int] = {}
+    degraded: list[str] = []
+    usable: dict[str, TracepointFormat] = {}
+    for tp in TRACEPOINTS:
+        if tp.have:
+            d[f"KN_HAVE_{tp.have}"] = 0
+        fmt = formats.get(tp.key)
+        bad: list[str] = []
+        if fmt is None:
+            problem = f"{tp.full_name} does not exist on this kernel"
+        else:
+            bad = [f for f, size in tp.fields.items() if f not in fmt.fields or fmt.fields[f].size != size]
+            problem = f"{tp.full_name} lacks field(s) {', '.join(bad)} (or their size differs)"
+        if fmt is None or bad:
+            if not tp.have:
+                raise ProbeUnavailable(f"{problem}: the skb lifecycle needs it")
+            degraded.append(f"{problem}: {tp.what}")
+            continue
+        for f in tp.fields:
+            d[f"KN_TP_{tp.key}_{f.upper()}"] = fmt.fields[f].offset
+        if tp.have:
+            d[f"KN_HAVE_{tp.have}"] = 1
+        usable[tp.key] = fmt
+    drop = usable["DROP"]
+    reasons: dict[int, str] = {}
+    if "reason" in drop.fields and drop.fields["reason"].size == 4:
+        d["KN_TP_DROP_REASON"] = drop.fields["reason"].offset
+        reasons = dict(drop.symbols.get("reason", {}))
+        if not reasons:
+            degraded.append("the kernel publishes no drop-reason names: lifecycle drops carry unknown:<n>")
+    else:
+        d["KN_TP_DROP_REASON"] = -1
+        degraded.append("skb:kfree_skb has no reason field: lifecycle drops carry unknown:0")
+    if "PROBE" in usable:
+        fams = {v: k for k, v in usable["PROBE"].symbols.get("family", {}).items()}
+        if "AF_INET6" not in fams:
+            degraded.append("tcp:tcp_probe does not name its address families: IPv6 sockets are read as IPv4")
+        d["KN_AF_INET6"] = fams.get("AF_INET6", -1)
+    offs, lost = btf_offsets(btf)
+    d.update(offs)
+    degraded.extend(lost)
+    d.update(KN_SLOW_NS=int(slow_threshold_us) * 1000, KN_SAMPLE_N=int(sample_one_in),
+             KN_RATE_LIMIT=int(rate_limit), KN_RINGBUF_PAGES=int(ringbuf_pages),
+             KN_LIFE_MAX=int(max_in_flight), KN_WATCH_MAX=int(max_watched))
+    return Plan(usable, d, degraded, reasons)
+
+
+# --- decode ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LifeEvent:
+    """A decoded ``struct kn_life_event`` (see bpf/lifecycle.h for each field)."""
+    t_arrival: int
+    t_proto: int
+    t_enqueue: int
+    t_end: int
+    skbaddr: int
+    skaddr: int
+    sk_cookie: int
+    netns: int
+    ifindex: int
+    len: int
+    data_len: int
+    reason: int
+    pid: int
+    tid: int
+    read_len: int
+    cpu_arrival: int
+    cpu_proto: int
+    cpu_end: int
+    segs: int
+    protocol: int
+    sport: int
+    dport: int
+    l4proto: int
+    flags: int
+    why: int
+    arrival_tp: int
+    saddr: bytes
+    daddr: bytes
+    comm: str
+    ifname: str
+
+    def has(self, flag: str) -> bool:
+        return bool(self.flags & DEFS[f"KN_LIFE_F_{flag}"])
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode(buf: bytes | bytearray | memoryview) -> LifeEvent:
+    n = ctypes.sizeof(RECORD)
+    if len(buf) < n:
+        raise ValueError(f"lifecycle record too short: {len(buf)} < {n} bytes")
+    r = RECORD.from_buffer_copy(bytes(buf[:n]))
+    if not r.t_arrival or not r.t_end:
+        raise ValueError("lifecycle record without arrival or end time")
+    return LifeEvent(
+        t_arrival=r.t_arrival, t_proto=r.t_proto, t_enqueue=r.t_enqueue, t_end=r.t_end,
+        skbaddr=r.skbaddr, skaddr=r.skaddr, sk_cookie=r.sk_cookie, netns=r.netns, ifindex=r.ifindex,
+        len=r.len, data_len=r.data_len, reason=r.reason, pid=r.pid, tid=r.tid, read_len=r.read_len,
+        cpu_arrival=r.cpu_arrival, cpu_proto=r.cpu_proto, cpu_end=r.cpu_end, segs=r.segs,
+        protocol=r.protocol, sport=r.sport, dport=r.dport, l4proto=r.l4proto, flags=r.flags,
+        why=r.why, arrival_tp=r.arrival_tp, saddr=bytes(r.saddr), daddr=bytes(r.daddr),
+        comm=_cstr(bytes(r.comm)), ifname=_cstr(bytes(r.ifname)),
+    )
+
+
+WHY = (("DROPPED", "dropped"), ("SLOW", "slow"), ("WATCHED", "watched"), ("SAMPLED", "sampled"))
+ARRIVALS = {DEFS["KN_LIFE_A_NETIF_RX"]: "netif_rx", DEFS["KN_LIFE_A_GRO"]: "napi_gro_receive_entry",
+            DEFS["KN_LIFE_A_RECEIVE_ENTRY"]: "netif_receive_skb_entry"}
+
+
+def life_span(ev: LifeEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource,
+              reason_name: Callable[[int], str]) -> KernelSpan:
+    """One finished lifecycle -> one ``kernel.skb.lifecycle`` span, stages as events.
+
+    Pure: names come from ``reason_name``; times through ``to_epoch_ns``.
+    """
+    dropped = not ev.has("READ")
+    attrs: dict[str, Any] = {
+        sc.KIND: sc.KIND_SKB,
+        "kernelnet.skb.end": "dropped" if dropped else "read",
+        "kernelnet.skb.emitted_because": ",".join(n for f, n in WHY if ev.why & DEFS[f"KN_LIFE_W_{f}"]),
+        "kernelnet.skb.arrival": ARRIVALS.get(ev.arrival_tp, f"unknown:{ev.arrival_tp}"),
+        "kernelnet.skb.len": ev.len,
+        "kernelnet.skb.segs": ev.segs,
+        "kernelnet.skb.protocol": ev.protocol,
+        "kernelnet.skb.total_ns": ev.t_end - ev.t_arrival,
+        "kernelnet.skb.arrival_cpu": ev.cpu_arrival,
+        "kernelnet.cpu": ev.cpu_end,
+        "process.pid": ev.pid,
+        "thread.id": ev.tid,
+        "process.command": ev.comm,
+    }
+    if ev.netns:
+        attrs["kernelnet.netns"] = ev.netns
+    if ev.ifname:
+        attrs["network.interface.name"] = ev.ifname
+    if ev.sk_cookie:
+        attrs[sc.COOKIE] = ev.sk_cookie
+    if ev.has("ADDR"):
+        v6 = ev.has("IPV6")
+        attrs["network.type"] = "ipv6" if v6 else "ipv4"
+        transport = L4_NAMES.get(ev.l4proto)
+        if transport:
+            attrs["network.transport"] = transport
+        attrs["network.local.address"] = ip_text(ev.saddr, v6)
+        attrs["network.peer.address"] = ip_text(ev.daddr, v6)
+        if ev.l4proto in (6, 17, 132):
+            attrs["network.local.port"] = ev.sport
+            attrs["network.peer.port"] = ev.dport
+    events = [SpanEvent(to_epoch_ns(ev.t_arrival), sc.SKB_EV_ARRIVAL,
+                        {"kernelnet.cpu": ev.cpu_arrival, **({"network.interface.name": ev.ifname} if ev.ifname else {})})]
+    if ev.t_proto:
+        attrs["kernelnet.skb.protocol_cpu"] = ev.cpu_proto
+        attrs["kernelnet.skb.backlog_wait_ns"] = ev.t_proto - ev.t_arrival
+        events.append(SpanEvent(to_epoch_ns(ev.t_proto), sc.SKB_EV_PROTOCOL, {"kernelnet.cpu": ev.cpu_proto}))
+    if ev.t_enqueue:
+        attrs["kernelnet.skb.data_len"] = ev.data_len
+        if ev.t_proto:
+            attrs["kernelnet.skb.protocol_ns"] = ev.t_enqueue - ev.t_proto
+        events.append(SpanEvent(to_epoch_ns(ev.t_enqueue), sc.SKB_EV_ENQUEUE, {}))
+    status, message = STATUS_UNSET, ""
+    if dropped:
+        reason = reason_name(ev.reason)
+        attrs["kernelnet.drop.reason"] = reason
+        attrs["kernelnet.drop.reason_code"] = ev.reason
+        events.append(SpanEvent(to_epoch_ns(ev.t_end), sc.SKB_EV_DROP,
+                                {"kernelnet.drop.reason": reason, "kernelnet.cpu": ev.cpu_end}))
+        status, message = STATUS_ERROR, f"dropped: {reason}"
+    else:
+        attrs["kernelnet.skb.read_len"] = ev.read_len
+        if ev.t_enqueue:
+            attrs["kernelnet.skb.socket_wait_ns"] = ev.t_end - ev.t_enqueue
+        events.append(SpanEvent(to_epoch_ns(ev.t_end), sc.SKB_EV_READ,
+                                {"thread.id": ev.tid, "process.pid": ev.pid, "process.command": ev.comm}))
+    return KernelSpan(
+        name=sc.SPAN_SKB, trace_id=ids.trace_id(), span_id=ids.span_id(),
+        start_ns=to_epoch_ns(ev.t_arrival), end_ns=to_epoch_ns(ev.t_end), attributes=attrs,
+        status_code=status, status_message=message, events=events,
+    )
+
+
+def histogram_buckets(flat: list[int]) -> dict[str, list[int]]:
+    """The flat per-stage bucket counts of kn_life_hist -> {stage: [64 counts]}.
+
+    Bucket ``b`` counts deltas in ``[2^(b-1), 2^b)`` ns (``b = 0``: exactly 0 ns), so
+    the explicit upper bounds of an OTel histogram are ``bucket_bounds()``.
+    """
+    return {stage: flat[i * BUCKETS:(i + 1) * BUCKETS] for i, stage in enumerate(STAGES)}
+
+
+def bucket_bounds() -> list[float]:
+    """Explicit bounds (ns) matching the log2 buckets: 63 bounds for 64 buckets.
+    Bucket b (b >= 1) holds [2^(b-1), 2^b), so its upper bound is 2^b - 1 inclusive."""
+    return [float((1 << b) - 1) for b in range(BUCKETS - 1)]
+
+
+# --- family ------------------------------------------------------------------------
+class LifecycleFamily(ProbeFamily):
+    name = "lifecycle"
+    summary = "lifecycle: skb receive path arrival -> read/drop"
+
+    def __init__(self) -> None:
+        self.probe: LifecycleProbe | None = None
+        self.watch_overflow = 0
+
+    def plan(self, ctx: KernelContext) -> Plan:
+        c = ctx.cfg
+        return plan(btf=ctx.btf, slow_threshold_us=c["probes.lifecycle.slow_threshold_us"],
+                    sample_one_in=c["probes.lifecycle.sample_one_in"],
+                    rate_limit=c["probes.lifecycle.rate_limit_per_cpu"], ringbuf_pages=c["ringbuf.pages"],
+                    max_in_flight=c["probes.lifecycle.max_in_flight"], max_watched=c["probes.lifecycle.max_watched"])
+
+    def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
+        def on_event(ev: LifeEvent) -> None:
+            span = life_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids, reason_name=plan_.reason_name)
+            if ctx.links is not None and ev.t_proto:
+                # the softirq (or its wait) the packet sat through on its protocol CPU
+                span.links.extend(ctx.links.softirq_overlapping(ev.cpu_proto, span.start_ns,
+                                                                ctx.clock.to_epoch_ns(ev.t_proto)))
+            emit(span)
+        self.probe = LifecycleProbe(loader, plan_, on_event, on_error, ctx.scope_netns)
+
+    def stats(self) -> dict[str, int]:
+        if not self.probe:
+            return {}
+        st = self.probe.stats()
+        st["watch_full"] = self.watch_overflow
+        return st
+
+    # -- the watch list (filled by the join with the cookies of indexed app spans) -----
+    def watch(self, cookie: int) -> bool:
+        """Emit every lifecycle of this socket cookie; False (counted) when the list is full."""
+        if not self.probe:
+            return False
+        table = self.probe.prog.bpf["kn_watch"]
+        try:
+            table[table.Key(cookie)] = table.Leaf(1)
+            return True
+        except Exception:  # map full: counted, the socket is just not watched
+            self.watch_overflow += 1
+            return False
+
+    def unwatch(self, cookie: int) -> None:
+        if not self.probe:
+            return
+        table = self.probe.prog.bpf["kn_watch"]
+        try:
+            del table[table.Key(cookie)]
+        except KeyError:
+            pass
+
+    def histograms(self) -> dict[str, list[int]]:
+        """Cumulative per-stage counts since start: {stage: [64 log2-ns buckets]}."""
+        if not self.probe:
+            return {}
+        flat = self.probe.loader_percpu_sum("kn_life_hist", len(STAGES) * BUCKETS)
+        return histogram_buckets(flat)
+
+    def metric_histograms(self) -> list[HistogramPoint]:
+        """The per-stage histograms as OTel metric points (export/metrics.py)."""
+        if not self.probe:
+            return []
+        sums = self.probe.loader_percpu_sum("kn_life_hist_sum", len(STAGES))
+        bounds = bucket_bounds()
+        return [HistogramPoint(METRIC_STAGE_LATENCY, METRIC_STAGE_DOC, "ns", {"kernelnet.skb.stage": stage},
+                               bounds, counts, float(sums[i]))
+                for i, (stage, counts) in enumerate(self.histograms().items())]
+
+
+class LifecycleProbe(RingBufferProbe):
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[LifeEvent], None], on_error: OnError,
+                 scope_netns: frozenset[int] | None = None):
+        self.plan = plan_
+        super().__init__(loader, "lifecycle", "lifecycle.bpf.c", plan_.defines, "kn_life_events",
+                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS, scope_netns)
+
+    def loader_percpu_sum(self, map_name: str, count: int) -> list[int]:
+        return self._loader.percpu_sum(self.prog, map_name, count)
