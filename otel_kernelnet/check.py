@@ -49,7 +49,22 @@ def check_privileges(caps: int | None = None) -> Check:
     return Check("privileges", FAIL, f"missing CAP_BPF/CAP_PERFMON (effective capabilities 0x{caps:x})", PRIV_FIX)
 
 
-def run_checks(compile_test: bool = True) -> list[Check]:
+def check_scope(mode: str, netns: list | tuple = (), proc_root: str = "/proc", kubelet_root: str = "/var/lib/kubelet",
+                log_root: str = "/var/log", environ=os.environ) -> Check:
+    """What the collector will see in ``scope.mode`` / ``scope.netns`` (see otel_kernelnet/k8s.py)."""
+    from .k8s import PodDirectory, describe_scope, node_name, own_scope
+    if netns:
+        from .scope import ScopeError, describe, resolve
+        try:
+            return Check("scope", OK, f"{mode} with scope.netns: {describe(resolve(mode, netns))}")
+        except ScopeError as e:
+            return Check("scope", FAIL, str(e), "list existing namespaces (inode numbers or /run/netns/NAME paths)")
+    pods = len(PodDirectory(kubelet_root, log_root).scan()) if mode == "daemonset" else None
+    ok, detail, fix = describe_scope(mode, own_scope(proc_root), pods, node_name(environ))
+    return Check("scope", OK if ok else DEGRADED, detail, fix)
+
+
+def run_checks(compile_test: bool = True, config: str | None = None) -> list[Check]:
     from .kernel import tracefs
     from .loader import BCC_FIX, HEADERS_FIX, find_headers
 
@@ -69,7 +84,9 @@ def run_checks(compile_test: bool = True) -> list[Check]:
     from .config import load
     from .probes import KernelContext, ProbeUnavailable, families
     from .spans import RandomIds
-    ctx = KernelContext(btf=btf, symbol=hex, clock=KernelClock(), ids=RandomIds(), cfg=load())
+    cfg = load(config)
+    tracefs.hide_fields(cfg["probes.hide_fields"])
+    ctx = KernelContext(btf=btf, symbol=hex, clock=KernelClock(), ids=RandomIds(), cfg=cfg)
     runnable = []
     for fam in families():
         name = f"probe {fam.summary}"
@@ -85,6 +102,8 @@ def run_checks(compile_test: bool = True) -> list[Check]:
         degraded = getattr(p, "degraded", [])
         checks.append(Check(name, DEGRADED, "; ".join(degraded), "a kernel >= 6.11 with BTF has every field the probes use")
                       if degraded else Check(name, OK, getattr(p, "describe", lambda: "all fields present")()))
+
+    checks.append(check_scope(ctx.cfg["scope.mode"], ctx.cfg.get("scope.netns", ())))
 
     _sym, ks_note = load_ksyms()
     checks.append(Check("kallsyms", OK, "kernel symbols readable") if ks_note == "ok" else
@@ -135,8 +154,8 @@ def exit_code(checks: list[Check]) -> int:
     return 0
 
 
-def main(as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    checks = run_checks()
+def main(as_json: bool = False, out: TextIO = sys.stdout, config: str | None = None) -> int:
+    checks = run_checks(config=config)
     code = exit_code(checks)
     verdict = {0: "ok: `otel-kernelnet run` works fully here",
                1: "degraded: `otel-kernelnet run` works, with the losses above",

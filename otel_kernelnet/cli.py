@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="preflight: can `run` work here? (exit 0 ok, 1 degraded, 2 cannot)")
     c.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    c.add_argument("--config", metavar="FILE", help="YAML config to check with (default: config/otel-kernelnet.yaml)")
 
     r = sub.add_parser("run", help="the collector")
     r.add_argument("--config", metavar="FILE", help="YAML config (default: config/otel-kernelnet.yaml)")
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             from .check import main as check_main
-            return check_main(as_json=args.json)
+            from .config import ConfigError
+            try:
+                return check_main(as_json=args.json, config=args.config)
+            except ConfigError as e:
+                return _fail(f"config: {e}")
         if args.command == "run":
             return cmd_run(args)
         if args.command == "diagnose":

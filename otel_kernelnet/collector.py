@@ -90,10 +90,87 @@ class Collector:
                                  max_files=self.cfg["output.max_files"]), None
         return OtlpSink(target, res, scope, timeout_s=self.cfg["export.otlp.timeout_s"]), target
 
+    pods: Any = None  # k8s.PodResolver in daemonset mode
+
     def _emit(self, span: KernelSpan) -> None:
         self.counters.events += 1
         assert self.pipeline is not None
-        self.pipeline.submit(span)
+        if self.pods is not None:  # daemonset: which pod the event belongs to (k8s.*)
+            a = span.attributes
+            ns, cg = a.get("kernelnet.netns"), a.get("kernelnet.cgroup.id")
+            if ns or cg:
+                a.update(self.pods.attributes_for(netns_inode=ns, cgroup_id=cg))
+        if self.join is not None:
+            self.join.add_kernel(span)  # joined, buffered for its app span, or passed on
+        else:
+            self.pipeline.submit(span)
+
+    # -- OTLP receiver and join (docs/join.md) -------------------------------------------
+    join: Any = None
+    receiver: Any = None
+    forwarder: Any = None
+    watch_errors: int = 0
+
+    def _start_receiver(self, sink: Any, target: Any) -> None:
+        """Receiver -> forwarder (app spans, unchanged) and join index; kernel spans -> join -> pipeline."""
+        if not self.cfg["receiver.enabled"]:
+            return
+        from .export.forward import Forwarder, make_target
+        from .join import Join
+        from .receiver import Ingest, OtlpReceiver
+        assert self.pipeline is not None
+        self.forwarder = Forwarder(make_target(target, sink, self.cfg["export.otlp.timeout_s"]),
+                                   max_spans=self.cfg["receiver.forward_queue_spans"],
+                                   max_attempts=self.cfg["receiver.forward_attempts"])
+        if self.cfg["join.enabled"]:
+            ms = 1_000_000
+            self.join = Join(self.pipeline.submit, buffer_ttl_ns=self.cfg["join.kernel_buffer_ms"] * ms,
+                             buffer_max=self.cfg["join.kernel_buffer_spans"], app_ttl_ns=self.cfg["join.app_ttl_ms"] * ms,
+                             index_max=self.cfg["join.app_index_spans"], slack_ns=self.cfg["join.slack_us"] * 1000,
+                             on_watch=lambda c: self._watch(c, True), on_unwatch=lambda c: self._watch(c, False))
+        ingest = Ingest(self.cfg["receiver.max_request_mb"] << 20, forward=self.forwarder.submit,
+                        add_app_spans=self.join.add_app_spans if self.join is not None else None)
+        self.receiver = OtlpReceiver(ingest, self.cfg["receiver.grpc_endpoint"], self.cfg["receiver.http_endpoint"])
+        for problem in self.receiver.start():
+            self.say(f"warning: {problem}")
+        if self.receiver.running:
+            self.say(f"receiving application traces: {', '.join(self.receiver.running)}; forwarding them "
+                     f"{self.forwarder.target.description}" + ("; joining kernel spans by socket cookie" if self.join else ""))
+
+    def _watch(self, cookie: int, add: bool) -> None:
+        """Cookies of indexed app spans -> the families that keep a watch list (full lifecycle spans)."""
+        for fam in self.probes:
+            if hasattr(fam, "watch") and hasattr(fam, "unwatch"):
+                try:
+                    (fam.watch if add else fam.unwatch)(cookie)
+                except Exception as e:
+                    self.watch_errors += 1
+                    if self.watch_errors <= 3:
+                        self.say(f"warning: watch list of {fam.name}: {e}")
+
+    def _stop_receiver(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+
+    def _flush_join(self) -> None:
+        """Release buffered kernel spans (unjoined) into the pipeline; deliver queued app spans."""
+        if self.join is not None:
+            self.join.flush()
+        if self.forwarder is not None:
+            self.forwarder.close(timeout_s=max(5.0, self.cfg["export.otlp.timeout_s"]))
+
+    def join_status(self) -> str:
+        if self.receiver is None:
+            return ""
+        ing, fw = self.receiver.ingest.stats, self.forwarder.stats
+        out = (f" | app spans: {ing.spans} received, {fw.spans} forwarded, {ing.bad_requests + ing.too_large} bad "
+               f"requests, {ing.backpressure_spans} refused (queue full), {fw.failed_spans + fw.unsent_spans} "
+               f"forward failed")
+        if self.join is not None:
+            js = self.join.stats
+            out += (f" | join: {js.joined_cookie} by cookie, {js.joined_inferred} inferred, {self.join.pending} "
+                    f"waiting, {js.buffer_shed} shed")
+        return out
 
     def _on_error(self, e: Exception) -> None:
         self.counters.mapping_errors += 1
@@ -106,7 +183,10 @@ class Collector:
         """Each probe's counters (the last reading once the probes are detached)."""
         if self._final_probe_stats is not None:
             return self._final_probe_stats
-        return {p.name: p.stats() for p in self.probes}
+        out = {p.name: p.stats() for p in self.probes}
+        if self.pods is not None:
+            out["k8s"] = self.pods.stats()
+        return out
 
     def probe_stats(self) -> dict[str, int]:
         """Counters summed over probes."""
@@ -115,6 +195,35 @@ class Collector:
             for k, v in st.items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    _final_histograms: list | None = None
+
+    def metric_histograms(self) -> list:
+        """The families' kernel-side histograms (the last reading once detached)."""
+        if self._final_histograms is not None:
+            return self._final_histograms
+        out: list = []
+        for fam in self.probes:
+            get = getattr(fam, "metric_histograms", None)
+            if get is not None:
+                out.extend(get())
+        return out
+
+    def zone_gauges(self) -> list:
+        out: list = []
+        for fam in self.probes:
+            get = getattr(fam, "gauges", None)
+            if get is not None:
+                out.extend(get())
+        return out
+
+    def netns_counter_values(self) -> dict:
+        out: dict = {}
+        for fam in self.probes:
+            latest = getattr(fam, "latest", None)
+            if latest is not None:
+                out.update(latest())
+        return out
 
     def pipeline_stats(self) -> dict[str, int]:
         pl = self.pipeline
@@ -127,8 +236,9 @@ class Collector:
         assert pl is not None
         return (f"{rate:.1f} events/s | {self.counters.events} events, {pl.exported} spans exported, "
                 f"{pl.queued} queued | lost: {st.get('ringbuf_full', 0)} ring buffer, "
+                f"{st.get('kernel_missed', 0)} nested in the kernel, "
                 f"{st.get('rate_capped', 0)} rate-capped, {pl.dropped_queue_full} export queue full, "
-                f"{pl.failed} export failed, {st.get('decode_errors', 0)} undecodable")
+                f"{pl.failed} export failed, {st.get('decode_errors', 0)} undecodable") + self.join_status()
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> int:
@@ -142,9 +252,24 @@ class Collector:
         tfs, how = tracefs.ensure_tracefs()
         if tfs is None:
             raise StartError(f"tracefs: {how}. Fix: {tracefs.MOUNT_FIX}")
+        tracefs.hide_fields(self.cfg["probes.hide_fields"])
+        if self.cfg["probes.hide_fields"]:
+            self.say("hiding tracepoint fields as if absent (probes.hide_fields): "
+                     + ", ".join(self.cfg["probes.hide_fields"]))
         btf, _btf_note = load_btf()
         symbol, ks_note = load_ksyms()
-        ctx = KernelContext(btf=btf, symbol=symbol, clock=self.clock, ids=self.ids, cfg=self.cfg)
+        from .links import LinkIndex
+        from . import scope as scope_mod
+        try:
+            scope = scope_mod.resolve(self.cfg["scope.mode"], self.cfg["scope.netns"])
+        except scope_mod.ScopeError as e:
+            raise StartError(str(e)) from None
+        self.say(f"scope ({self.cfg['scope.mode']}): {scope_mod.describe(scope)}")
+        if self.cfg["scope.mode"] == "daemonset":
+            from .k8s import PodResolver
+            self.pods = PodResolver()
+        ctx = KernelContext(btf=btf, symbol=symbol, clock=self.clock, ids=self.ids, cfg=self.cfg, links=LinkIndex(),
+                            scope_netns=scope)
         planned = []
         for fam in families():
             if not self.cfg[f"probes.{fam.name}.enabled"]:
@@ -178,7 +303,9 @@ class Collector:
         from .export import metrics
         self.metrics = metrics.build(res, target, self.output, self.cfg["status.interval_s"],
                                      self.stats_by_probe, self.pipeline_stats,
-                                     timeout_s=self.cfg["export.otlp.timeout_s"])
+                                     timeout_s=self.cfg["export.otlp.timeout_s"],
+                                     histograms=self.metric_histograms, netns_counters=self.netns_counter_values,
+                                     zones=self.zone_gauges)
         old_handlers = self._install_signals()
         loader = Loader(debug_print_source=self.debug_bpf)
         t0 = time.monotonic()
@@ -192,6 +319,7 @@ class Collector:
             self.say(f"probes attached in {time.monotonic() - t0:.2f}s "
                      f"({'; '.join(f.summary for f in self.probes)}); "
                      f"headers: {loader.headers.how if loader.headers else '?'}")
+            self._start_receiver(sink, target)
             if self.ready_file:
                 self.ready_file.write_text(f"{os.getpid()}\n")
             self._loop(loader)
@@ -201,9 +329,11 @@ class Collector:
 
     def _shutdown(self, loader, old_handlers) -> None:
         """Drain, detach, flush: runs on every exit path, each step even if one fails."""
+        self._stop_receiver()
         try:
             loader.consume()
             self._final_probe_stats = self.stats_by_probe()
+            self._final_histograms = self.metric_histograms()
         except Exception:
             pass
         for fam in self.probes:
@@ -218,6 +348,7 @@ class Collector:
             if self.ready_file:
                 self.ready_file.unlink(missing_ok=True)
             if self.pipeline:
+                self._flush_join()
                 self.pipeline.close(timeout_s=max(5.0, self.cfg["export.otlp.timeout_s"]))
                 self.say("stopped: " + self.status_line(0.0).split(" | ", 1)[1])
             if self.metrics:
@@ -240,6 +371,8 @@ class Collector:
             for fam in self.probes:
                 fam.poll()
             self.clock.maybe_recalibrate()
+            if self.join is not None:
+                self.join.tick()
             now = time.monotonic()
             if every and now - last >= every:
                 rate = (self.counters.events - last_events) / (now - last)

@@ -46,6 +46,13 @@ def _opt_str(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v != "")
 
 
+def _listen(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    host, sep, port = v.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
+
+
 def _str_map(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (str, int, float, bool))
                                        for k, x in v.items())
@@ -76,9 +83,38 @@ SCHEMA: dict[str, Key] = {
     "probes.netns_counters.counters": Key(["TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtPFMemallocDrop", "TcpExtTCPBacklogDrop", "TcpExtTCPRcvQDrop", "TcpExtTCPFastRetrans", "TcpExtTCPDSACKRecv", "TcpExtTCPSACKReorder", "TcpExtTCPTimeouts", "TcpExtTCPSynRetrans", "TcpRetransSegs", "TcpExtTCPAbortOnData", "ConntrackInvalid"],
                                           "Counters whose jumps become spans: netstat/snmp names as prefix+name (TcpExtListenOverflows, TcpRetransSegs), conntrack stats as Conntrack+Column (ConntrackInvalid).",
                                           lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() != "" for x in v), "a list of non-empty strings"),
+    "probes.lifecycle.enabled": Key(True, "skb lifecycle probe: the receive path of each packet (arrival -> protocol -> socket -> read, or drop), stitched in the kernel; spans only per the volume policy, histograms of every packet.", lambda v: isinstance(v, bool), "true or false"),
+    "probes.lifecycle.slow_threshold_us": Key(1000, "Emit a lifecycle span when arrival -> read (or drop) took longer than this (microseconds).", _int(1), "an integer >= 1"),
+    "probes.lifecycle.sample_one_in": Key(0, "Also emit 1 in N of the other lifecycles (0: no sampling).", _int(0), "an integer >= 0"),
+    "probes.lifecycle.rate_limit_per_cpu": Key(2000, "Lifecycle spans per CPU per second at most; the excess is counted (rate_capped), never silent.", _int(1), "an integer >= 1"),
+    "probes.lifecycle.max_in_flight": Key(16384, "Packets followed at once (kernel LRU map; the oldest unfinished are evicted).", _int(64), "an integer >= 64"),
+    "probes.lifecycle.max_watched": Key(4096, "Socket cookies on the watch list at most (every lifecycle of a watched socket is emitted); more are counted (watch_full).", _int(1), "an integer >= 1"),
+    "probes.hide_fields": Key([], "Treat these tracepoint fields as absent, as on an older kernel (\"kfree_skb:rx_sk\", \"kfree_skb:reason\", \"tcp_probe:sock_cookie\"): every probe and `check` then run their fallbacks; for tests and diagnosis.", lambda v: isinstance(v, list) and all(isinstance(x, str) and x.count(":") == 1 and "" not in x.split(":") for x in v), "a list of \"tracepoint:field\" strings"),
+    "scope.netns": Key([], "Network namespaces to report, as inode numbers (ls -Li /proc/PID/ns/net) or paths (/run/netns/NAME, /proc/PID/ns/net); empty: as scope.mode says (sidecar: the collector's own).", lambda v: isinstance(v, list) and all((isinstance(x, int) and not isinstance(x, bool) and x > 0) or (isinstance(x, str) and x != "") for x in v), "a list of inode numbers or paths"),
+    "probes.softirq.enabled": Key(True, "Softirq probe: NET_RX/NET_TX wait (raise -> entry) and run (entry -> exit) per CPU; histograms of every run, a kernel.softirq span naming the culprit task when a threshold is reached.", lambda v: isinstance(v, bool), "true or false"),
+    "probes.softirq.wait_threshold_ms": Key(1, "Emit a softirq span when the wait (raise, or the RPS IPI before it, -> entry) reached this (milliseconds).", _num(0), "a number > 0"),
+    "probes.softirq.run_threshold_ms": Key(1, "Emit a softirq span when the run (entry -> exit) reached this (milliseconds).", _num(0), "a number > 0"),
+    "probes.softirq.rate_limit_per_cpu": Key(1000, "Softirq spans per CPU per second at most; the excess is counted (rate_capped), never silent.", _int(1), "an integer >= 1"),
+    "probes.reclaim.enabled": Key(True, "Memory-reclaim probe: direct and memcg reclaim of each task (vmscan:*), kswapd wake/sleep, throttling, and zone watermarks from /proc/zoneinfo.", lambda v: isinstance(v, bool), "true or false"),
+    "probes.reclaim.rate_limit_per_cpu": Key(1000, "Reclaim spans per CPU per second at most; the excess is counted (rate_capped), never silent.", _int(1), "an integer >= 1"),
+    "probes.reclaim.zoneinfo_interval_ms": Key(1000, "Sample /proc/zoneinfo (free pages vs min/low/high watermarks) this often (ms); a zone falling below min becomes a kernel.reclaim span.", _int(10, 3_600_000), "an integer from 10 to 3600000"),
     "ringbuf.pages": Key(64, "Size of each BPF ring buffer in pages (power of two); reservation failures are counted.", _pow2, "a power of two between 1 and 65536"),
     "ringbuf.poll_interval_ms": Key(20, "How often the ring buffers are drained (records are written without wakeups).", _int(1, 1000), "an integer from 1 to 1000"),
     "status.interval_s": Key(5, "Print a status line this often (seconds); 0 turns it off.", lambda v: _int(0)(v), "an integer >= 0"),
+    "scope.mode": Key("node", "What the collector reports: node (every network namespace and cgroup on the node), sidecar (only its own network namespace and cgroup: N sidecars on a node never export N copies), daemonset (node, plus k8s.* pod attribution of each event from the kubelet's pod directory and the runtime's cgroup paths).",
+                      lambda v: v in ("node", "sidecar", "daemonset"), "node, sidecar or daemonset"),
+    "receiver.enabled": Key(True, "Receive the application's OTLP traces (sidecar join): forward them unchanged to where kernel spans go, and attach kernel spans to the app spans carrying kernelnet.socket.cookie.", lambda v: isinstance(v, bool), "true or false"),
+    "receiver.grpc_endpoint": Key("127.0.0.1:4317", "host:port of the OTLP/gRPC receiver (loopback by default: only local apps); null turns it off. A port in use is a warning, not a failure.", lambda v: v is None or _listen(v), "null or host:port"),
+    "receiver.http_endpoint": Key("127.0.0.1:4318", "host:port of the OTLP/HTTP receiver (POST /v1/traces, protobuf or JSON, gzip); null turns it off.", lambda v: v is None or _listen(v), "null or host:port"),
+    "receiver.max_request_mb": Key(4, "Largest OTLP request accepted (MiB, after decompression); larger gets 413 / RESOURCE_EXHAUSTED.", _int(1, 1024), "an integer from 1 to 1024"),
+    "receiver.forward_queue_spans": Key(65536, "App spans waiting to be forwarded at most; beyond it requests are refused with a retryable 503 / UNAVAILABLE (counted), so the app's SDK retries.", _int(1), "an integer >= 1"),
+    "receiver.forward_attempts": Key(5, "Delivery attempts per forwarded request when the backend fails retryably (backoff 0.5 s doubling to 5 s); then its spans are dropped and counted.", _int(1, 100), "an integer from 1 to 100"),
+    "join.enabled": Key(True, "Attach kernel spans to the application spans they overlap on the same socket (needs the receiver).", lambda v: isinstance(v, bool), "true or false"),
+    "join.kernel_buffer_ms": Key(10000, "How long a kernel span on a socket waits for its app span (which arrives only after it ends and the app's export delay); then it is exported unjoined.", _int(0), "an integer >= 0"),
+    "join.kernel_buffer_spans": Key(65536, "Kernel spans waiting for an app span at most; beyond it the oldest is exported unjoined at once (counted: buffer_shed).", _int(1), "an integer >= 1"),
+    "join.app_ttl_ms": Key(30000, "How long an app span stays indexed after it ends, for late kernel spans.", _int(0), "an integer >= 0"),
+    "join.app_index_spans": Key(100000, "App spans indexed at most; beyond it the oldest is forgotten (counted: index_shed).", _int(1), "an integer >= 1"),
+    "join.slack_us": Key(1000, "When no app span overlaps a kernel span, one this close in time (microseconds) is taken (clock conversion is not exact).", _int(0), "an integer >= 0"),
     "resource.attributes": Key({}, "Extra OpenTelemetry resource attributes for every span (OTEL_RESOURCE_ATTRIBUTES is honoured too).", _str_map, "a map of string keys to scalar values"),
 }
 

@@ -142,6 +142,36 @@ def import_bcc() -> Any:
     return bcc
 
 
+# struct bpf_prog_info is UAPI (include/uapi/linux/bpf.h: append-only, so offsets never
+# move); recursion_misses arrived in 5.12. tests/kernel/test_btf_vmlinux.py checks the
+# offset against the running kernel's BTF.
+PROG_INFO_SIZE = 232
+PROG_INFO_RECURSION_MISSES = 208
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+def prog_info_u64(fd: int, offset: int) -> int:
+    """One u64 of a BPF program's bpf_prog_info (0 when the kernel does not say)."""
+    import ctypes
+    nr = _NR_BPF.get(os.uname().machine)
+    if nr is None:
+        return 0
+    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+    # union bpf_attr.info: { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; }
+    attr = ctypes.create_string_buffer(16)
+    ctypes.memmove(attr, ctypes.byref(ctypes.c_uint32(fd)), 4)
+    ctypes.memmove(ctypes.byref(attr, 4), ctypes.byref(ctypes.c_uint32(PROG_INFO_SIZE)), 4)
+    ctypes.memmove(ctypes.byref(attr, 8), ctypes.byref(ctypes.c_uint64(ctypes.addressof(info))), 8)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(nr, _BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+        return 0
+    got = ctypes.c_uint32.from_buffer(attr, 4).value  # the kernel writes back the size it filled
+    if got < offset + 8:
+        return 0
+    return ctypes.c_uint64.from_buffer(info, offset).value
+
+
 @dataclass
 class Program:
     """One compiled probe family: its bcc object and what it attached."""
@@ -226,6 +256,18 @@ class Loader:
             vals = table[table.Key(i)]
             out.append(int(sum(int(v) for v in vals)))
         return out
+
+    @staticmethod
+    def recursion_misses(prog: Program) -> int:
+        """Events the kernel skipped because another tracing BPF program was already
+        running on that CPU (an interrupt or softirq nested inside it): summed over the
+        program's attached functions, from BPF_OBJ_GET_INFO_BY_FD. 0 where unknown."""
+        total = 0
+        for _tp, fn in prog.attached:
+            f = prog.bpf.funcs.get(fn.encode()) or prog.bpf.funcs.get(fn)
+            if f is not None:
+                total += prog_info_u64(f.fd, PROG_INFO_RECURSION_MISSES)
+        return total
 
     @staticmethod
     def ksym(prog: Program, addr: int) -> str:

@@ -38,6 +38,13 @@ KIND_SOCK_EXCEED_BUF_LIMIT = "sock.exceed_buf_limit"  #: protocol memory limit h
 KIND_LISTEN_OVERFLOW = "tcp.listen_overflow"
 KIND_COUNTER = "counter"
 
+# --- span events of kernel.skb.lifecycle (one per stage the packet reached) -------------
+SKB_EV_ARRIVAL = "arrival"  #: first receive tracepoint (device, CPU)
+SKB_EV_PROTOCOL = "protocol"  #: net:netif_receive_skb (protocol processing starts)
+SKB_EV_ENQUEUE = "enqueue"  #: socket receive processing (tcp:tcp_probe)
+SKB_EV_READ = "read"  #: the application's first read (skb:skb_copy_datagram_iovec)
+SKB_EV_DROP = "drop"  #: skb:kfree_skb (with the reason)
+
 SCOPE_NAME = "otel-kernelnet"
 SERVICE_NAME = "otel-kernelnet"
 
@@ -60,10 +67,16 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("kernelnet.cpu", "int", "CPU the kernel event happened on.", _ALL),
     Attr("kernelnet.netns", "int", "Network namespace inode number (as in /proc/PID/ns/net).", _SOCKET + (KIND_COUNTER, KIND_LISTEN_OVERFLOW)),
     Attr("kernelnet.socket.cookie", "int", "Socket cookie (getsockopt SO_COOKIE) of the socket involved; the join key with application spans.", _SOCKET),
-    Attr("kernelnet.join", "string", "How the span was attached to an application span: 'cookie' or 'inferred' (4-tuple).", _SOCKET),
+    Attr("kernelnet.join", "string", "How the span was attached to an application span (its parent): 'cookie' (same SO_COOKIE) or 'inferred' (4-tuple match, the app span had no cookie). Absent: not joined. Also on the links to the other overlapping app spans.", _SOCKET),
     Attr("process.pid", "int", "Task running when the event fired (in softirq context: the interrupted task, not the socket owner).", _ALL),
     Attr("thread.id", "int", "Thread id of that task.", _ALL),
     Attr("process.command", "string", "comm of that task.", _ALL),
+    # pod attribution (scope.mode daemonset; OTel k8s semantic conventions)
+    Attr("k8s.pod.name", "string", "Pod of the event's network namespace or cgroup (daemonset mode).", _ALL),
+    Attr("k8s.pod.uid", "string", "Its UID.", _ALL),
+    Attr("k8s.namespace.name", "string", "Its Kubernetes namespace.", _ALL),
+    Attr("k8s.container.name", "string", "Container, when the event's cgroup names one.", _ALL),
+    Attr("k8s.node.name", "string", "Node (NODE_NAME / K8S_NODE_NAME environment variable).", _ALL),
     # packet and socket addressing (semantic conventions)
     Attr("network.transport", "string", "tcp, udp, ... (lowercase).", _SOCKET),
     Attr("network.type", "string", "ipv4 or ipv6.", _SOCKET),
@@ -85,20 +98,63 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("kernelnet.skb.len", "int", "skb->len in bytes.", (KIND_DROP, KIND_SKB)),
     Attr("kernelnet.skb.has_socket", "bool", "The kernel had already matched the packet to a receiving socket (rx_sk).", (KIND_DROP,)),
     Attr("kernelnet.skb.socket_role", "string", "Whose cookie/netns the drop carries: receiver (rx_sk), owner (skb->sk: a purged queue, a local sender) or none.", (KIND_DROP,)),
+    # skb lifecycle (kernel.skb.lifecycle; stages are span events: arrival, protocol, enqueue, read, drop)
+    Attr("kernelnet.skb.end", "string", "How the lifecycle ended: read (the application's first read) or dropped.", (KIND_SKB,)),
+    Attr("kernelnet.skb.emitted_because", "string", "Why the volume policy emitted it, comma-separated: dropped, slow, watched, sampled.", (KIND_SKB,)),
+    Attr("kernelnet.skb.arrival", "string", "Tracepoint that saw the packet first: netif_rx (veth, loopback, RPS backlog), napi_gro_receive_entry or netif_receive_skb_entry (NIC).", (KIND_SKB,)),
+    Attr("kernelnet.skb.segs", "int", "GSO segments the skb carried after GRO (1 for a plain packet).", (KIND_SKB,)),
+    Attr("kernelnet.skb.data_len", "int", "Payload bytes TCP saw in it (tcp:tcp_probe).", (KIND_SKB,)),
+    Attr("kernelnet.skb.read_len", "int", "Bytes the first read copied from it.", (KIND_SKB,)),
+    Attr("kernelnet.skb.backlog_wait_ns", "int", "arrival -> netif_receive_skb: time in the per-CPU backlog / waiting for NET_RX.", (KIND_SKB,)),
+    Attr("kernelnet.skb.protocol_ns", "int", "netif_receive_skb -> socket enqueue: IP/TCP processing (including the socket backlog when the owner held the lock).", (KIND_SKB,)),
+    Attr("kernelnet.skb.socket_wait_ns", "int", "socket enqueue -> first read: how long the data waited for the application.", (KIND_SKB,)),
+    Attr("kernelnet.skb.total_ns", "int", "arrival -> first read (or drop).", (KIND_SKB,)),
+    Attr("kernelnet.skb.arrival_cpu", "int", "CPU of the arrival (kernelnet.cpu is the CPU of the end).", (KIND_SKB,)),
+    Attr("kernelnet.skb.protocol_cpu", "int", "CPU that ran protocol processing (differs from the arrival CPU under RPS).", (KIND_SKB,)),
+    Attr("kernelnet.memory.below_min", "string", "Zones below their min watermark at the last sample before a PFMEMALLOC drop (node0/Normal, ...; empty: none).", (KIND_DROP,)),
+    Attr("kernelnet.memory.sampled_ago_ns", "int", "How long before the drop that zone sample was taken.", (KIND_DROP,)),
     # softirq (issue 4)
     Attr("kernelnet.softirq.vector", "string", "Softirq vector name from the running kernel (NET_RX, NET_TX).", (KIND_SOFTIRQ,)),
-    Attr("kernelnet.softirq.wait_ns", "int", "raise -> entry: how long the softirq waited to run.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.wait_ns", "int", "raise (or the RPS IPI queueing before it) -> entry: how long the softirq waited to run. Absent when the raise was not seen.", (KIND_SOFTIRQ,)),
     Attr("kernelnet.softirq.run_ns", "int", "entry -> exit: how long it ran.", (KIND_SOFTIRQ,)),
-    Attr("kernelnet.culprit.comm", "string", "Task that held the CPU longest while the softirq waited.", (KIND_SOFTIRQ,)),
-    Attr("kernelnet.culprit.pid", "int", "Its pid.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.in_ksoftirqd", "bool", "It ran in ksoftirqd (deferred), not on an interrupt exit.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.ipi.wait_ns", "int", "Another CPU queued the packets by RPS IPI: queueing -> this CPU taking the IPI (interrupts were off that long).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.ipi.pid", "int", "Task running when the RPS IPI was finally taken (the one that had interrupts off).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.ipi.comm", "string", "comm of that task.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.ksoftirqd.woken", "bool", "This CPU's ksoftirqd was woken while the work waited.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.ksoftirqd.wait_ns", "int", "ksoftirqd wake-up -> it got the CPU.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.switches", "int", "Context switches on the CPU during the wait.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.softirq.culprit_other_ns", "int", "Wait time held by tasks beyond the ones named (culprit events).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.comm", "string", "Task that held the CPU longest while the softirq waited (each task kept is also a 'culprit' span event).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.pid", "int", "Its pid (tgid).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.tid", "int", "Its thread id.", (KIND_SOFTIRQ,)),
     Attr("kernelnet.culprit.ns", "int", "How long it held the CPU during the wait.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.cgroup.path", "string", "Its cgroup path (see kernelnet.cgroup.path).", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.culprit.top", "string", "The tasks that held the CPU during the wait, longest first: 'comm(pid) 1.234 ms; ...'.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.napi.polls", "int", "napi polls during the run.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.napi.work", "int", "Packets those polls processed.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.napi.budget", "int", "Budget of a poll.", (KIND_SOFTIRQ,)),
+    Attr("kernelnet.napi.budget_exhausted", "int", "Polls that used their whole budget (more work was left).", (KIND_SOFTIRQ,)),
     # reclaim (issue 4)
-    Attr("kernelnet.reclaim.type", "string", "direct, memcg or kswapd.", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.type", "string", "direct, memcg (a task reclaiming for its cgroup's limit), kswapd (wake -> sleep of a node's kswapd), throttle (vmscan:mm_vmscan_throttled) or zone_below_min (/proc/zoneinfo).", (KIND_RECLAIM,)),
     Attr("kernelnet.reclaim.order", "int", "Allocation order that triggered reclaim.", (KIND_RECLAIM,)),
     Attr("kernelnet.reclaim.nr_reclaimed", "int", "Pages reclaimed.", (KIND_RECLAIM,)),
-    Attr("kernelnet.cgroup.path", "string", "cgroup v2 path of the task.", (KIND_RECLAIM, KIND_SOFTIRQ)),
+    Attr("kernelnet.reclaim.gfp_flags", "string", "Allocation flags, named by the running kernel's vmscan format (GFP_KERNEL|__GFP_ACCOUNT, ...).", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.gfp_flags_raw", "int", "The same flags as a number.", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.duration_ns", "int", "begin -> end of the reclaim (or the throttle delay): the stall of the task.", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.throttle.reason", "string", "Why reclaim was throttled (VMSCAN_THROTTLE_WRITEBACK, ...).", (KIND_RECLAIM,)),
+    Attr("kernelnet.reclaim.throttle.timeout_us", "int", "The throttle's timeout.", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.node", "int", "NUMA node.", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.zone", "string", "Memory zone (DMA, DMA32, Normal, ...).", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.zone.free_pages", "int", "Free pages of the zone when sampled.", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.zone.min_pages", "int", "Its min watermark (below it only PF_MEMALLOC/atomic reserves allocate: pfmemalloc skbs).", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.zone.low_pages", "int", "Its low watermark (kswapd wakes below it).", (KIND_RECLAIM,)),
+    Attr("kernelnet.memory.zone.high_pages", "int", "Its high watermark (kswapd sleeps above it).", (KIND_RECLAIM,)),
+    Attr("kernelnet.cgroup.id", "int", "cgroup id of the task (inode of its cgroup directory; the memory controller's hierarchy on hybrid v1/v2 machines).", (KIND_RECLAIM, KIND_SOFTIRQ)),
+    Attr("kernelnet.cgroup.path", "string", "cgroup path of the task, relative to the hierarchy's mount (v2; the memory controller's v1 hierarchy on hybrid machines).", (KIND_RECLAIM, KIND_SOFTIRQ)),
+    Attr("container.id", "string", "Container id, when the cgroup path has a container runtime's shape.", (KIND_RECLAIM, KIND_SOFTIRQ)),
     # TCP events (issue 3)
-    Attr("kernelnet.tcp.retransmit.type", "string", "syn, fast, timeout or unknown.", (KIND_TCP_RETRANSMIT,)),
+    Attr("kernelnet.tcp.retransmit.type", "string", "syn (the client's SYN), synack (the server's SYN-ACK; the cookie is the listener's), fast, timeout or unknown.", (KIND_TCP_RETRANSMIT,)),
     Attr("kernelnet.tcp.reset.reason", "string", "RST reason name from the running kernel.", (KIND_TCP_RESET_SENT,)),
     Attr("kernelnet.tcp.cong_state", "string", "Congestion state entered (Open, Disorder, CWR, Recovery, Loss); on a retransmit, the state the socket was in. Names from the kernel's BTF enum tcp_ca_state.", (KIND_TCP_CONG_STATE, KIND_TCP_RETRANSMIT)),
     Attr("kernelnet.tcp.retransmit.err", "int", "Result of the retransmission as the kernel returned it (0: sent; negative errno: not sent).", (KIND_TCP_RETRANSMIT,)),
@@ -127,6 +183,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
 
 BY_KEY = {a.key: a for a in ATTRIBUTES}
 COOKIE = "kernelnet.socket.cookie"
+JOIN = "kernelnet.join"  #: on kernel spans the join attached to an app span: cookie | inferred
 KIND = "kernelnet.kind"
 
 

@@ -5,6 +5,10 @@
  * clashing; the Python side reads them as "kn_stats" (probes/base.py).
  * The including file defines KN_STATS_MAX (number of counters) and KN_RATE_LIMIT.
  *
+ * Scope (sidecar mode): with -D KN_SCOPE_NETNS=1, kn_in_scope() accepts only the
+ * network namespaces whose inode the user side put into kn_scope; events of other
+ * namespaces (and of unknown ones, inode 0) are ignored before any work is done.
+ *
  * bcc rewrites its map syntax (kn_stats.lookup()) only in the main source file, so
  * the loader pastes every `#include "*.bcc.h"` in place before compiling
  * (loader.inline_bcc_headers); plain headers (the records) are included normally.
@@ -40,6 +44,20 @@ static __always_inline int kn_rate_ok(u64 now)
 		return 0;
 	r->count++;
 	return 1;
+}
+
+#ifndef KN_SCOPE_NETNS
+#define KN_SCOPE_NETNS 0
+#endif
+BPF_HASH(kn_scope, u32, u8, 64);
+
+static __always_inline int kn_in_scope(u32 netns)
+{
+#if KN_SCOPE_NETNS
+	return kn_scope.lookup(&netns) != NULL;
+#else
+	return 1;
+#endif
 }
 
 #endif /* KN_COMMON_H */

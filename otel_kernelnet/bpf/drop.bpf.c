@@ -114,9 +114,46 @@ static __always_inline void kn_parse_packet(struct kn_drop_event *e, void *skb)
 #endif
 }
 
+#if KN_SCOPE_NETNS
+/* the drop's network namespace, read before any other work so that events of other
+ * namespaces cost nothing more: the device's, else the receiving/owning socket's */
+static __always_inline u32 kn_drop_netns(void *ctx)
+{
+	u32 ns = 0;
+	void *skb = (void *)*(u64 *)(ctx + KN_TP_SKBADDR);
+#if KN_OFF_SKB_DEV >= 0
+	void *dev = NULL, *net = NULL;
+	bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
+	if (dev)
+		bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
+	kn_read_netns_of_net(net, &ns);
+#endif
+#if KN_OFF_SK_NET >= 0
+	if (!ns) {
+		void *sk = NULL, *snet = NULL;
+#if KN_TP_RX_SK >= 0
+		sk = (void *)*(u64 *)(ctx + KN_TP_RX_SK);
+#endif
+#if KN_OFF_SKB_SK >= 0
+		if (!sk)
+			bpf_probe_read_kernel(&sk, sizeof(sk), skb + KN_OFF_SKB_SK);
+#endif
+		if (sk)
+			bpf_probe_read_kernel(&snet, sizeof(snet), sk + KN_OFF_SK_NET);
+		kn_read_netns_of_net(snet, &ns);
+	}
+#endif
+	return ns;
+}
+#endif
+
 int kn_on_kfree_skb(void *ctx)
 {
 	kn_count(KN_STAT_SEEN);
+#if KN_SCOPE_NETNS
+	if (!kn_in_scope(kn_drop_netns(ctx)))
+		return 0;
+#endif
 	u64 now = bpf_ktime_get_ns();
 	if (!kn_rate_ok(now)) {
 		kn_count(KN_STAT_RATE_CAPPED);

@@ -64,9 +64,33 @@ BPF_TABLE("lru_hash", u64, u64, kn_tcp_connecting, KN_CONNECT_PENDING);
 /* read one tracepoint field of exactly the destination's size (plan() checked sizes) */
 #define KN_RD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), ctx + (off))
 
-/* rate cap, reserve, common fields; NULL when capped or the ring buffer is full */
-static __always_inline struct kn_tcp_event *kn_begin(u8 type, u64 now)
+static __always_inline void kn_netns_of_net(void *net, u32 *out)
 {
+#if KN_OFF_NET_NS_INUM >= 0
+	if (net)
+		bpf_probe_read_kernel(out, sizeof(*out), net + KN_OFF_NET_NS_INUM);
+#endif
+}
+
+/* network namespace inode of a socket (0: unknown or no socket) */
+static __always_inline u32 kn_sk_netns(void *sk)
+{
+	u32 ns = 0;
+#if KN_OFF_SK_NET >= 0
+	void *net = NULL;
+	if (sk)
+		bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
+	kn_netns_of_net(net, &ns);
+#endif
+	return ns;
+}
+
+/* scope (sidecar mode), rate cap, reserve, common fields; NULL when out of scope,
+ * capped or the ring buffer is full. netns: the event's, 0 when unknown */
+static __always_inline struct kn_tcp_event *kn_begin(u8 type, u64 now, u32 netns)
+{
+	if (!kn_in_scope(netns))
+		return NULL;
 	if (!kn_rate_ok(now)) {
 		kn_count(KN_TCP_STAT_RATE_CAPPED);
 		return NULL;
@@ -80,6 +104,7 @@ static __always_inline struct kn_tcp_event *kn_begin(u8 type, u64 now)
 	e->ts_ns = now;
 	e->start_ns = now;
 	e->type = type;
+	e->netns = netns;
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	e->pid = pid_tgid >> 32;
 	e->tid = (u32)pid_tgid;
@@ -92,14 +117,6 @@ static __always_inline void kn_submit(struct kn_tcp_event *e)
 {
 	kn_tcp_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	kn_count(KN_TCP_STAT_EMITTED);
-}
-
-static __always_inline void kn_netns_of_net(void *net, u32 *out)
-{
-#if KN_OFF_NET_NS_INUM >= 0
-	if (net)
-		bpf_probe_read_kernel(out, sizeof(*out), net + KN_OFF_NET_NS_INUM);
-#endif
 }
 
 /* cookie (unless the tracepoint gave it), netns and congestion state of a socket */
@@ -167,11 +184,11 @@ static __always_inline void kn_sockaddr(u16 *family, u16 *port, u8 *addr, void *
 int kn_tcp_on_retransmit(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RETRANSMIT, bpf_ktime_get_ns());
-	if (!e)
-		return 0;
 	void *sk = NULL;
 	KN_RD(sk, KN_TP_RTX_SKADDR);
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RETRANSMIT, bpf_ktime_get_ns(), kn_sk_netns(sk));
+	if (!e)
+		return 0;
 	KN_RD(e->state, KN_TP_RTX_STATE);
 #if KN_TP_RTX_ERR >= 0
 	KN_RD(e->err, KN_TP_RTX_ERR);
@@ -188,11 +205,23 @@ int kn_tcp_on_retransmit(void *ctx)
 int kn_tcp_on_send_reset(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RESET_SENT, bpf_ktime_get_ns());
-	if (!e)
-		return 0;
 	void *sk = NULL;
 	KN_RD(sk, KN_TP_SRST_SKADDR);
+	u32 netns = kn_sk_netns(sk);
+#if KN_OFF_SKB_DEV >= 0 && KN_OFF_DEV_ND_NET >= 0
+	if (!netns) {  /* no socket (NO_SOCKET): the netns of the packet's device */
+		void *skb = NULL, *dev = NULL, *net = NULL;
+		KN_RD(skb, KN_TP_SRST_SKBADDR);
+		if (skb)
+			bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
+		if (dev)
+			bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
+		kn_netns_of_net(net, &netns);
+	}
+#endif
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RESET_SENT, bpf_ktime_get_ns(), netns);
+	if (!e)
+		return 0;
 	KN_RD(e->state, KN_TP_SRST_STATE);  /* 0: no socket, state unknown */
 #if KN_TP_SRST_REASON >= 0
 	KN_RD(e->reason, KN_TP_SRST_REASON);
@@ -209,17 +238,6 @@ int kn_tcp_on_send_reset(void *ctx)
 		e->flags |= KN_TCP_F_ADDR;
 #endif
 	kn_sock(e, sk, 0);
-#if KN_OFF_SKB_DEV >= 0 && KN_OFF_DEV_ND_NET >= 0
-	if (!e->netns) {  /* no socket (NO_SOCKET): the netns of the packet's device */
-		void *skb = NULL, *dev = NULL, *net = NULL;
-		KN_RD(skb, KN_TP_SRST_SKBADDR);
-		if (skb)
-			bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
-		if (dev)
-			bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
-		kn_netns_of_net(net, &e->netns);
-	}
-#endif
 	kn_submit(e);
 	return 0;
 }
@@ -229,11 +247,11 @@ int kn_tcp_on_send_reset(void *ctx)
 int kn_tcp_on_receive_reset(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RESET_RECEIVED, bpf_ktime_get_ns());
-	if (!e)
-		return 0;
 	void *sk = NULL;
 	KN_RD(sk, KN_TP_RRST_SKADDR);
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RESET_RECEIVED, bpf_ktime_get_ns(), kn_sk_netns(sk));
+	if (!e)
+		return 0;
 #if KN_TP_RRST_SOCK_COOKIE >= 0
 	KN_RD(e->sk_cookie, KN_TP_RRST_SOCK_COOKIE);
 #endif
@@ -248,11 +266,11 @@ int kn_tcp_on_receive_reset(void *ctx)
 int kn_tcp_on_cong_state(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_CONG_STATE, bpf_ktime_get_ns());
-	if (!e)
-		return 0;
 	void *sk = NULL;
 	KN_RD(sk, KN_TP_CONG_SKADDR);
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_CONG_STATE, bpf_ktime_get_ns(), kn_sk_netns(sk));
+	if (!e)
+		return 0;
 	KN_RD(e->ca_state, KN_TP_CONG_CONG_STATE);  /* the state entered */
 	e->flags |= KN_TCP_F_CA_STATE;
 	KN_TUPLE(e, CONG);
@@ -296,7 +314,7 @@ int kn_tcp_on_set_state(void *ctx)
 		type = KN_TCP_EV_CLOSE;
 	if (!type)
 		return 0;
-	struct kn_tcp_event *e = kn_begin(type, now);
+	struct kn_tcp_event *e = kn_begin(type, now, kn_sk_netns((void *)sk));
 	if (!e)
 		return 0;
 	if (start)
@@ -310,11 +328,27 @@ int kn_tcp_on_set_state(void *ctx)
 }
 #endif
 
+#if KN_HAVE_SYNACK
+int kn_tcp_on_retransmit_synack(void *ctx)
+{
+	kn_count(KN_TCP_STAT_SEEN);
+	void *sk = NULL;  /* the listener: the connection has no socket of its own yet */
+	KN_RD(sk, KN_TP_SYNACK_SKADDR);
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_SYNACK_RETRANSMIT, bpf_ktime_get_ns(), kn_sk_netns(sk));
+	if (!e)
+		return 0;
+	KN_TUPLE(e, SYNACK);
+	kn_sock(e, sk, 0);
+	kn_submit(e);
+	return 0;
+}
+#endif
+
 #if KN_HAVE_RQF
 int kn_tcp_on_rcvqueue_full(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RCVQUEUE_FULL, bpf_ktime_get_ns());
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RCVQUEUE_FULL, bpf_ktime_get_ns(), 0);  /* no socket: out of any netns scope */
 	if (!e)
 		return 0;
 	KN_RD(e->rmem_alloc, KN_TP_RQF_RMEM_ALLOC);
@@ -329,7 +363,7 @@ int kn_tcp_on_rcvqueue_full(void *ctx)
 int kn_tcp_on_exceed_buf(void *ctx)
 {
 	kn_count(KN_TCP_STAT_SEEN);
-	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_EXCEED_BUF, bpf_ktime_get_ns());
+	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_EXCEED_BUF, bpf_ktime_get_ns(), 0);  /* no socket: out of any netns scope */
 	if (!e)
 		return 0;
 	bpf_probe_read_kernel(e->proto, sizeof(e->proto) - 1, ctx + KN_TP_EXB_NAME);

@@ -16,6 +16,7 @@
 #define KN_TCP_EV_CLOSE          6 /* sock:inet_sock_set_state * -> CLOSE (config: close_events) */
 #define KN_TCP_EV_RCVQUEUE_FULL  7 /* sock:sock_rcvqueue_full */
 #define KN_TCP_EV_EXCEED_BUF     8 /* sock:sock_exceed_buf_limit */
+#define KN_TCP_EV_SYNACK_RETRANSMIT 9 /* tcp:tcp_retransmit_synack (skaddr: the listener) */
 
 #define KN_TCP_F_ADDR     0x01 /* family, addresses and ports are set */
 #define KN_TCP_F_IPV6     0x02 /* addresses are IPv6 (else IPv4 in the first 4 bytes) */

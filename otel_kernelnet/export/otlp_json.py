@@ -4,6 +4,14 @@ Follows the OTLP JSON mapping the collector's file exporter writes: hex trace/sp
 ids, lowerCamelCase keys, 64-bit integers as decimal strings, enums as integers, and
 default/empty fields omitted. One call encodes one ``TracesData`` (one line of the
 embedded store).
+
+Two implementations: ``traces_data`` builds the document as Python dicts (the
+readable reference, kept for tests and other callers), and ``Encoder``, which
+``encode_line`` uses, writes the same JSON text directly: it is ~10x cheaper per span
+because each attribute's ``{"key":..,"value":{..}}`` text is cached by (key, value)
+for str, int and bool values (kernel attributes repeat), bounded by
+``ATTR_CACHE_MAX`` entries. ``tests/unit/test_otlp_proto.py`` checks that both give
+the same bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import json
 from typing import Any, Iterable, Mapping
 
 from ..spans import KernelSpan
+
+ATTR_CACHE_MAX = 1 << 16
 
 
 def any_value(v: Any) -> dict[str, Any]:
@@ -75,8 +85,110 @@ def traces_data(spans: Iterable[KernelSpan], resource: Mapping[str, Any],
     }]}
 
 
-def encode_line(spans: Iterable[KernelSpan], resource: Mapping[str, Any],
-                scope_name: str, scope_version: str) -> bytes:
-    """One JSON Lines record (with the trailing newline)."""
+def encode_line_reference(spans: Iterable[KernelSpan], resource: Mapping[str, Any],
+                          scope_name: str, scope_version: str) -> bytes:
+    """``encode_line`` through ``traces_data`` and ``json.dumps`` (the slow reference)."""
     return (json.dumps(traces_data(spans, resource, scope_name, scope_version),
                        separators=(",", ":")) + "\n").encode()
+
+
+# --- the fast encoder -------------------------------------------------------------------
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # same text as json.dumps(..., separators)
+
+
+def _kv_text(k: str, v: Any) -> str:
+    return _dumps({"key": k, "value": any_value(v)})
+
+
+class Encoder:
+    """Writes ``encode_line``'s JSON text for one resource and scope, with caches.
+
+    Not thread-safe: one per export thread (``encode_line`` keeps one per resource and
+    scope, used by the single export thread).
+    """
+
+    def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
+                 cache_max: int = ATTR_CACHE_MAX):
+        self._head = ('{"resourceSpans":[{"resource":{"attributes":' + _dumps(key_values(resource))
+                      + '},"scopeSpans":[{"scope":' + _dumps({"name": scope_name, "version": scope_version})
+                      + ',"spans":[')
+        self._cache: dict[tuple[str, Any], str] = {}  # str and int values
+        self._bools: dict[tuple[str, bool], str] = {}  # apart: (k, True) == (k, 1)
+        self._cache_max = cache_max
+        self._names: dict[str, str] = {}
+        self._status: dict[tuple[int, str], str] = {}
+        self.cache_clears = 0
+
+    def _attrs(self, attrs: Mapping[str, Any]) -> str:
+        cache, bools = self._cache, self._bools
+        out = []
+        for k, v in attrs.items():
+            t = v.__class__
+            if t is str or t is int:
+                b = cache.get((k, v))
+                if b is None:
+                    if len(cache) >= self._cache_max:
+                        cache.clear()
+                        bools.clear()
+                        self.cache_clears += 1
+                    b = cache[(k, v)] = _kv_text(k, v)
+            elif t is bool:
+                b = bools.get((k, v))
+                if b is None:
+                    b = bools[(k, v)] = _kv_text(k, v)
+            else:
+                b = _kv_text(k, v)
+            out.append(b)
+        return ",".join(out)
+
+    def span(self, s: KernelSpan) -> str:
+        name = self._names.get(s.name)
+        if name is None:
+            name = self._names[s.name] = ',"name":' + _dumps(s.name)
+        parts = ['{"traceId":"', s.trace_id.hex(), '","spanId":"', s.span_id.hex(), '"']
+        if s.parent_span_id:
+            parts += (',"parentSpanId":"', s.parent_span_id.hex(), '"')
+        parts.append(name)
+        if s.kind:
+            parts.append(f',"kind":{int(s.kind)}')
+        parts.append(f',"startTimeUnixNano":"{s.start_ns}","endTimeUnixNano":"{s.end_ns}"')
+        if s.attributes:
+            parts += (',"attributes":[', self._attrs(s.attributes), "]")
+        if s.events:
+            parts.append(',"events":' + _dumps(
+                [{"timeUnixNano": str(e.time_ns), "name": e.name,
+                  **({"attributes": key_values(e.attributes)} if e.attributes else {})} for e in s.events]))
+        if s.links:
+            parts.append(',"links":' + _dumps(
+                [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(),
+                  **({"attributes": key_values(link.attributes)} if link.attributes else {})} for link in s.links]))
+        st = self._status.get((s.status_code, s.status_message))
+        if st is None:
+            status: dict[str, Any] = {}
+            if s.status_message:
+                status["message"] = s.status_message
+            if s.status_code:
+                status["code"] = s.status_code
+            st = self._status[(s.status_code, s.status_message)] = ',"status":' + _dumps(status) + "}"
+        parts.append(st)
+        return "".join(parts)
+
+    def encode_line(self, spans: Iterable[KernelSpan]) -> bytes:
+        span = self.span
+        return (self._head + ",".join([span(s) for s in spans]) + "]}]}]}\n").encode()
+
+
+_encoders: dict[tuple, Encoder] = {}
+
+
+def encode_line(spans: Iterable[KernelSpan], resource: Mapping[str, Any],
+                scope_name: str, scope_version: str) -> bytes:
+    """One JSON Lines record (with the trailing newline): ``json.dumps(traces_data(...))``'s
+    text, written by the cached ``Encoder`` of this resource and scope."""
+    key = (tuple(resource.items()), scope_name, scope_version)
+    enc = _encoders.get(key)
+    if enc is None:
+        if len(_encoders) >= 16:
+            _encoders.clear()
+        enc = _encoders[key] = Encoder(resource, scope_name, scope_version)
+    return enc.encode_line(spans)

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass, field
+from typing import Iterable
 
 TRACEFS_PATHS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MOUNT_FIX = "mount -t tracefs nodev /sys/kernel/tracing (as root), or run the collector with CAP_SYS_ADMIN"
@@ -164,8 +165,34 @@ def parse_format(text: str, category: str = "", name: str = "") -> TracepointFor
     return TracepointFormat(category, name, tp_id, fields, print_fmt, parse_symbolic_tables(print_fmt))
 
 
+_HIDDEN: dict[str, frozenset[str]] = {}
+
+
+def hide_fields(specs: Iterable[str]) -> None:
+    """Make ``read_format`` treat these fields as absent ("kfree_skb:rx_sk",
+    "kfree_skb:reason", "tcp_probe:sock_cookie"): the feature probe's view of an older
+    kernel, so every family's fallback and ``check``'s report can be exercised on a
+    kernel that has everything (config key ``probes.hide_fields``)."""
+    hidden: dict[str, set[str]] = {}
+    for spec in specs:
+        tp, sep, fld = spec.partition(":")
+        if not sep or not tp or not fld:
+            raise ValueError(f"hidden field {spec!r}: expected tracepoint:field, e.g. kfree_skb:rx_sk")
+        hidden.setdefault(tp.split("/")[-1], set()).add(fld)
+    _HIDDEN.clear()
+    _HIDDEN.update({k: frozenset(v) for k, v in hidden.items()})
+
+
+def without_fields(fmt: TracepointFormat, names: Iterable[str]) -> TracepointFormat:
+    gone = set(names)
+    return TracepointFormat(fmt.category, fmt.name, fmt.id,
+                            {k: v for k, v in fmt.fields.items() if k not in gone}, fmt.print_fmt,
+                            {k: v for k, v in fmt.symbols.items() if k not in gone})
+
+
 def read_format(category: str, name: str, tracefs: str | None = None) -> TracepointFormat:
-    """Read and parse ``events/<category>/<name>/format`` of the running kernel."""
+    """Read and parse ``events/<category>/<name>/format`` of the running kernel
+    (minus the fields ``hide_fields`` hides)."""
     root = tracefs or find_tracefs()
     if root is None:
         raise TracefsError(f"tracefs is not mounted: {MOUNT_FIX}")
@@ -177,4 +204,6 @@ def read_format(category: str, name: str, tracefs: str | None = None) -> Tracepo
         raise TracefsError(f"tracepoint {category}:{name} does not exist on this kernel") from None
     except OSError as e:
         raise TracefsError(f"cannot read {path}: {e.strerror}") from None
-    return parse_format(text, category, name)
+    fmt = parse_format(text, category, name)
+    hidden = _HIDDEN.get(name)
+    return without_fields(fmt, hidden) if hidden else fmt

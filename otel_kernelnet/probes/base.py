@@ -33,6 +33,8 @@ class KernelContext:
     clock: KernelClock
     ids: IdSource
     cfg: Any
+    links: Any | None = None  # links.LinkIndex: recent softirq/reclaim spans other families link to
+    scope_netns: frozenset[int] | None = None  # None: every namespace (see otel_kernelnet/scope.py)
 
 
 class ProbeFamily(ABC):
@@ -59,20 +61,30 @@ class ProbeFamily(ABC):
 class RingBufferProbe:
     """One compiled BPF object whose records arrive through one ring buffer.
 
-    Compiles ``bpf/<source>`` with the plan's ``-D`` settings, decodes every record
+    Compiles ``bpf/<source>`` with the plan's ``-D`` settings (plus the namespace
+    scope, filled into ``kn_scope`` before attaching), decodes every record
     with ``decode`` and hands it to ``on_event``; a record that fails to decode or map
     is counted (``decode_errors``) and reported to ``on_error``, and the stream goes
     on. ``stats()`` reads the per-CPU counters of bpf/common.h (``kn_stats``) under
-    the names in ``stat_names``.
+    the names in ``stat_names``, plus ``decode_errors`` and ``kernel_missed`` (events the
+    kernel did not run the programs for: a tracing BPF program was already running on
+    that CPU when the tracepoint fired from an interrupt nested inside it).
     """
 
     def __init__(self, loader: Any, name: str, source: str, defines: dict[str, int], ring_buffer: str,
                  attach: Iterable[tuple[str, str]], decode: Callable[[bytes], Any],
-                 on_event: Callable[[Any], None], on_error: OnError, stat_names: tuple[str, ...]):
+                 on_event: Callable[[Any], None], on_error: OnError, stat_names: tuple[str, ...],
+                 scope_netns: frozenset[int] | None = None):
         self._loader = loader
         self.stat_names = stat_names
         self.decode_errors = 0
+        if scope_netns is not None:
+            defines = {**defines, "KN_SCOPE_NETNS": 1}
         self.prog = loader.compile(name, source, defines)
+        if scope_netns is not None:  # before attaching: no event slips through unscoped
+            table = self.prog.bpf["kn_scope"]
+            for inode in scope_netns:
+                table[table.Key(inode)] = table.Leaf(1)
 
         def cb(data: Any, size: int) -> None:
             try:
@@ -88,4 +100,5 @@ class RingBufferProbe:
     def stats(self) -> dict[str, int]:
         out = dict(zip(self.stat_names, self._loader.percpu_sum(self.prog, "kn_stats", len(self.stat_names))))
         out["decode_errors"] = self.decode_errors
+        out["kernel_missed"] = self._loader.recursion_misses(self.prog)
         return out

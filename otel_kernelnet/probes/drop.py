@@ -150,6 +150,17 @@ def decode(buf: bytes | bytearray | memoryview) -> DropEvent:
     )
 
 
+def link_memory_pressure(span, links) -> None:
+    """A PFMEMALLOC drop: the zone watermark state of that moment and links to the
+    reclaim activity around it (the condition behind pfmemalloc skbs)."""
+    state = links.memory_pressure_at(span.start_ns)
+    if state is None:
+        return
+    span.attributes["kernelnet.memory.below_min"] = ",".join(state["below_min"])
+    span.attributes["kernelnet.memory.sampled_ago_ns"] = span.start_ns - state["sampled_ns"]
+    span.links.extend(state["links"])
+
+
 class DropFamily(ProbeFamily):
     name = "drop"
     summary = "drop: skb:kfree_skb"
@@ -163,9 +174,12 @@ class DropFamily(ProbeFamily):
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         def on_event(ev: DropEvent) -> None:
-            emit(drop_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids,
-                           reason_name=plan_.reason_name, symbol=ctx.symbol))
-        self.probe = DropProbe(loader, plan_, on_event, on_error)
+            span = drop_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids,
+                             reason_name=plan_.reason_name, symbol=ctx.symbol)
+            if ctx.links is not None and span.attributes["kernelnet.drop.reason"] == "PFMEMALLOC":
+                link_memory_pressure(span, ctx.links)
+            emit(span)
+        self.probe = DropProbe(loader, plan_, on_event, on_error, ctx.scope_netns)
 
     def stats(self) -> dict[str, int]:
         return self.probe.stats() if self.probe else {}
@@ -174,7 +188,8 @@ class DropFamily(ProbeFamily):
 class DropProbe(RingBufferProbe):
     """Compiled and attached drop probe; ``on_event`` receives each DropEvent."""
 
-    def __init__(self, loader, plan_: Plan, on_event: Callable[[DropEvent], None], on_error: OnError):
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[DropEvent], None], on_error: OnError,
+                 scope_netns: frozenset[int] | None = None):
         self.plan = plan_
         super().__init__(loader, "drop", "drop.bpf.c", plan_.defines, "kn_drop_events",
-                         [("%s:%s" % TRACEPOINT, "kn_on_kfree_skb")], decode, on_event, on_error, STATS)
+                         [("%s:%s" % TRACEPOINT, "kn_on_kfree_skb")], decode, on_event, on_error, STATS, scope_netns)

@@ -284,6 +284,7 @@ class NetnsCountersFamily(ProbeFamily):
         self._emit: Emit | None = None
         self._on_error: OnError | None = None
         self.namespaces: dict[int, Namespace] = {}
+        self.scope: frozenset[int] | None = None
         self._next_scan = 0.0
         self._stats = dict(namespaces=0, namespaces_skipped=0, scans_truncated=0, samples=0,
                            read_errors=0, counter_spans=0, overflow_spans=0,
@@ -307,6 +308,7 @@ class NetnsCountersFamily(ProbeFamily):
     def start(self, loader: Any, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         self.plan_ = plan_
         self.ids = ctx.ids
+        self.scope = ctx.scope_netns  # None: every namespace
         self._emit, self._on_error = emit, on_error
         self.deltas = netstat.CounterDeltas(plan_.counters)
         self.rescan()
@@ -370,6 +372,8 @@ class NetnsCountersFamily(ProbeFamily):
         with self._lock:
             scan = discover(self.proc, self.run_netns, self.plan_.max_namespaces,
                             budget_s=max(0.2, min(1.0, self.plan_.interval_s)), keep=self.namespaces)
+            if self.scope is not None:  # sidecar / scope.netns: only these namespaces
+                scan.namespaces = {i: n for i, n in scan.namespaces.items() if i in self.scope}
             if scan.truncated:
                 self._stats["scans_truncated"] += 1
                 for inode, ns in self.namespaces.items():  # an incomplete scan forgets nothing

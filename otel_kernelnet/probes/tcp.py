@@ -81,6 +81,8 @@ TRACEPOINTS = (
     Tracepoint("STATE", "sock", "inet_sock_set_state", "kn_tcp_on_set_state",
                {"skaddr": 8, "oldstate": 4, "newstate": 4, "protocol": 2}, {}, True,
                "no connect-latency or close spans"),
+    Tracepoint("SYNACK", "tcp", "tcp_retransmit_synack", "kn_tcp_on_retransmit_synack", {"skaddr": 8, "req": 8},
+               {}, True, "no SYN-ACK retransmit spans"),
     Tracepoint("RQF", "sock", "sock_rcvqueue_full", "kn_tcp_on_rcvqueue_full",
                {"rmem_alloc": 4, "truesize": 4, "sk_rcvbuf": 4}, {}, False, "no receive-queue-full events"),
     Tracepoint("EXB", "sock", "sock_exceed_buf_limit", "kn_tcp_on_exceed_buf",
@@ -116,6 +118,7 @@ KINDS = {
     DEFS["KN_TCP_EV_CLOSE"]: sc.KIND_TCP_CLOSE,
     DEFS["KN_TCP_EV_RCVQUEUE_FULL"]: sc.KIND_SOCK_RCVQUEUE_FULL,
     DEFS["KN_TCP_EV_EXCEED_BUF"]: sc.KIND_SOCK_EXCEED_BUF_LIMIT,
+    DEFS["KN_TCP_EV_SYNACK_RETRANSMIT"]: sc.KIND_TCP_RETRANSMIT,
 }
 _TCP_KINDS = {sc.KIND_TCP_RETRANSMIT, sc.KIND_TCP_RESET_SENT, sc.KIND_TCP_RESET_RECEIVED,
               sc.KIND_TCP_CONG_STATE, sc.KIND_TCP_CONNECT, sc.KIND_TCP_CLOSE}
@@ -436,7 +439,11 @@ def tcp_span(ev: TcpEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource, 
         attrs["network.peer.port"] = ev.dport
     status, message = STATUS_UNSET, ""
     ca = names.ca_state(ev.ca_state) if ev.has_ca_state else None
-    if kind == sc.KIND_TCP_RETRANSMIT:
+    if ev.type == DEFS["KN_TCP_EV_SYNACK_RETRANSMIT"]:
+        # the server side of a handshake whose ACK has not come (the cookie is the listener's)
+        attrs["network.connection.state"] = "syn_received"
+        attrs["kernelnet.tcp.retransmit.type"] = "synack"
+    elif kind == sc.KIND_TCP_RETRANSMIT:
         attrs["network.connection.state"] = names.state(ev.state)
         attrs["kernelnet.tcp.retransmit.type"] = retransmit_type(names.state_kernel_name(ev.state), ca)
         if ca is not None:
@@ -496,7 +503,7 @@ class TcpFamily(ProbeFamily):
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         def on_event(ev: TcpEvent) -> None:
             emit(tcp_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids, names=plan_.names))
-        self.probe = TcpProbe(loader, plan_, on_event, on_error)
+        self.probe = TcpProbe(loader, plan_, on_event, on_error, ctx.scope_netns)
 
     def stats(self) -> dict[str, int]:
         return self.probe.stats() if self.probe else {}
@@ -505,7 +512,8 @@ class TcpFamily(ProbeFamily):
 class TcpProbe(RingBufferProbe):
     """Compiled and attached TCP family; ``on_event`` receives each TcpEvent."""
 
-    def __init__(self, loader, plan_: Plan, on_event: Callable[[TcpEvent], None], on_error: OnError):
+    def __init__(self, loader, plan_: Plan, on_event: Callable[[TcpEvent], None], on_error: OnError,
+                 scope_netns: frozenset[int] | None = None):
         self.plan = plan_
         super().__init__(loader, "tcp", "tcp.bpf.c", plan_.defines, "kn_tcp_events",
-                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS)
+                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS, scope_netns)

@@ -55,6 +55,51 @@ class Netns:
         sh("ip", "netns", "del", self.name, check=False)
 
 
+class VethPair:
+    """Two fresh namespaces joined by a veth pair: ``a`` (10.77.0.1) and ``b`` (10.77.0.2),
+    IPv6 off so that no stray neighbour discovery traffic crosses the link."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:8]
+        self.a = Netns(f"kn-a-{tag}")
+        try:
+            self.b = Netns(f"kn-b-{tag}")
+        except BaseException:
+            self.a.delete()
+            raise
+        self.dev_a, self.dev_b = f"kna{tag[:6]}", f"knb{tag[:6]}"
+        self.addr_a, self.addr_b = "10.77.0.1", "10.77.0.2"
+        try:
+            for ns in (self.a, self.b):
+                ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "link", "add", self.dev_a, "netns", self.a.name, "type", "veth",
+               "peer", "name", self.dev_b, "netns", self.b.name)
+            for ns, dev, addr in ((self.a, self.dev_a, self.addr_a), (self.b, self.dev_b, self.addr_b)):
+                ns.exec("ip", "addr", "add", f"{addr}/24", "dev", dev)
+                ns.exec("ip", "link", "set", dev, "up")
+        except BaseException:
+            self.delete()
+            raise
+
+    def rx_packets(self, ns: "Netns", dev: str) -> int:
+        return int(ns.exec("cat", f"/sys/class/net/{dev}/statistics/rx_packets").stdout)
+
+    def delete(self) -> None:
+        self.a.delete()  # deleting a namespace deletes its end of the pair, and so the pair
+        self.b.delete()
+
+
+@pytest.fixture
+def veth():
+    pair = None
+    try:
+        pair = VethPair()
+        yield pair
+    finally:
+        if pair is not None:
+            pair.delete()
+
+
 @pytest.fixture
 def netns():
     ns = Netns(f"kn-{uuid.uuid4().hex[:10]}")
@@ -67,11 +112,13 @@ def netns():
 class CollectorProcess:
     """``otel-kernelnet run`` as a subprocess, ready once its ready-file exists."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None, config: dict | None = None):
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None, config: dict | None = None,
+                 prefix: tuple[str, ...] = ()):
         self.ready = tmp / "ready"
         self.output = tmp / "data"
         self.log = tmp / "collector.log"
-        cmd = [*CLI, "run", "--ready-file", str(self.ready), "--output", str(self.output), *args]
+        # prefix: e.g. ("ip", "netns", "exec", NAME) to run it inside a namespace (sidecar)
+        cmd = [*prefix, *CLI, "run", "--ready-file", str(self.ready), "--output", str(self.output), *args]
         if config is not None:
             cfg = tmp / "config.yaml"
             cfg.write_text(json.dumps(config))  # JSON is YAML
@@ -134,7 +181,11 @@ def read_store(directory: Path) -> list[dict]:
                         out.append({"name": s["name"], "trace_id": s["traceId"], "span_id": s["spanId"],
                                     "attributes": {kv["key"]: _val(kv["value"]) for kv in s.get("attributes", [])},
                                     "status": s.get("status", {}), "start": int(s["startTimeUnixNano"]),
-                                    "end": int(s["endTimeUnixNano"]), "resource": res})
+                                    "end": int(s["endTimeUnixNano"]), "resource": res,
+                                    "events": [{"name": e["name"], "time": int(e["timeUnixNano"]),
+                                                "attributes": {kv["key"]: _val(kv["value"])
+                                                               for kv in e.get("attributes", [])}}
+                                               for e in s.get("events", [])]})
     return out
 
 

@@ -244,3 +244,9 @@ def test_ksyms_resolves_drop_function():
     assert not ks.restricted
     assert ks.resolve(addr + 4) == f"{name}+0x4"
     assert ks.resolve(addr) == f"{name}+0x0"
+
+
+def test_bpf_prog_info_offsets_used_by_the_loader_match_btf(btf):
+    from otel_kernelnet import loader
+    assert btf.offsetof("bpf_prog_info", "recursion_misses") == loader.PROG_INFO_RECURSION_MISSES
+    assert btf.sizeof("bpf_prog_info") >= loader.PROG_INFO_SIZE

@@ -27,3 +27,27 @@ def test_self_metrics_to_json_lines_count_every_loss(tmp_path):
         ("kernelnet.collector.lost", (("stage", "export_queue_full"),)): 2,
         ("kernelnet.collector.lost", (("stage", "export_failed"),)): 1,
     }
+
+
+def test_kernel_histograms_and_netns_counters_are_exported_beside_the_self_metrics(tmp_path):
+    from otel_kernelnet.export.metrics_model import HistogramPoint
+    bounds = [0.0, 1.0, 3.0, 7.0]
+    hist = [HistogramPoint("kernelnet.skb.stage.duration", "stage latency", "ns", {"kernelnet.skb.stage": "socket"},
+                           bounds, [0, 0, 2, 5, 1], 123.0)]
+    m = metrics.build({"service.name": "otel-kernelnet"}, None, str(tmp_path), 0, lambda: {}, lambda: {},
+                      histograms=lambda: hist, netns_counters=lambda: {(4026532245, "TcpExtListenOverflows"): 23})
+    m.shutdown()
+    (f,) = tmp_path.glob("metrics-*.jsonl")
+    line = json.loads(f.read_text().splitlines()[-1])
+    by_name = {mt["name"]: mt for sm in line["resourceMetrics"][0]["scopeMetrics"] for mt in sm["metrics"]}
+    h = by_name["kernelnet.skb.stage.duration"]
+    assert h["unit"] == "ns" and h["histogram"]["aggregationTemporality"] == 2  # cumulative
+    (dp,) = h["histogram"]["dataPoints"]
+    assert dp["bucketCounts"] == ["0", "0", "2", "5", "1"] and dp["explicitBounds"] == bounds
+    assert dp["count"] == "8" and dp["sum"] == 123.0
+    assert (dp["min"], dp["max"]) == (1.0, 7.0)  # bounds of the lowest / highest non-empty bucket
+    assert dp["attributes"] == [{"key": "kernelnet.skb.stage", "value": {"stringValue": "socket"}}]
+    (c,) = by_name["kernelnet.netns.counter"]["sum"]["dataPoints"]
+    assert int(c["asInt"]) == 23
+    assert {a["key"]: a["value"] for a in c["attributes"]} == {
+        "kernelnet.netns": {"intValue": "4026532245"}, "kernelnet.counter.name": {"stringValue": "TcpExtListenOverflows"}}

@@ -11,7 +11,7 @@ import pytest
 from otel_kernelnet import records
 from otel_kernelnet.probes import drop
 
-HEADERS = {"drop": ["kn_drop_event"], "tcp": ["kn_tcp_event"]}
+HEADERS = {"drop": ["kn_drop_event"], "tcp": ["kn_tcp_event"], "lifecycle": ["kn_life_event"]}
 
 
 @pytest.mark.parametrize("header,struct_name", [(h, s) for h, ss in HEADERS.items() for s in ss])

@@ -73,7 +73,7 @@ def test_plan_on_this_kernel_takes_every_offset_and_name_from_the_formats_and_bt
     p = tcp.plan(formats(), synthetic_btf(), rate_limit=77, ringbuf_pages=32, close_events=True)
     d = p.defines
     assert p.degraded == []
-    assert [tp.key for tp in p.attach] == ["RTX", "SRST", "RRST", "CONG", "STATE", "RQF", "EXB"]
+    assert [tp.key for tp in p.attach] == ["RTX", "SRST", "RRST", "CONG", "STATE", "SYNACK", "RQF", "EXB"]
     assert all(d[f"KN_HAVE_{k}"] == 1 for k in tcp.BY_KEY)
     # tcp_retransmit_skb, field by field from its format file
     assert {k: v for k, v in d.items() if k.startswith("KN_TP_RTX_")} == {
@@ -101,7 +101,7 @@ def test_plan_on_this_kernel_takes_every_offset_and_name_from_the_formats_and_bt
     assert len(n.rst_reasons) == 26 and n.rst_reason(1) == "NO_SOCKET" and n.rst_reason(14) == "TCP_STATE"
     assert n.ca_states == {0: "Open", 1: "Disorder", 2: "CWR", 3: "Recovery", 4: "Loss"}
     assert n.mem_kinds == {0: "SK_MEM_SEND", 1: "SK_MEM_RECV"}
-    assert "7 tracepoints" in p.describe()
+    assert "8 tracepoints" in p.describe()
 
 
 def test_plan_degrades_piece_by_piece_and_says_what_is_lost():
@@ -295,7 +295,7 @@ def test_reset_received_cong_state_failed_connect_close_and_socket_events():
 def test_every_attribute_the_mapping_writes_is_declared_in_semconv():
     from otel_kernelnet import semconv
     seen = set()
-    for t in range(1, 9):
+    for t in range(1, 10):
         seen |= set(mapped(ev_of(type=t, has_ca_state=True, has_err=True, has_reason=True)).attributes)
     assert seen - set(semconv.BY_KEY) == set()
 
@@ -306,3 +306,12 @@ def test_bitfield_lookup_refuses_a_bitfield_across_bytes():
     b.struct("odd", 4, [("f", u16, 6, 5)], kflag=1)
     with pytest.raises(ValueError, match="spans two bytes"):
         tcp.bitfield(BTF.from_bytes(b.blob()), "odd", "f")
+
+
+def test_synack_retransmit_is_a_retransmit_of_type_synack_on_the_listener():
+    s = mapped(ev_of(type=9, state=0, oldstate=0, start_ns=9_000_000_500))
+    assert s.name == "kernel.tcp"
+    assert s.attributes["kernelnet.kind"] == "tcp.retransmit"
+    assert s.attributes["kernelnet.tcp.retransmit.type"] == "synack"
+    assert s.attributes["network.connection.state"] == "syn_received"
+    assert s.attributes["kernelnet.socket.cookie"] == 8209
