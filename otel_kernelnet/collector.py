@@ -209,6 +209,16 @@ class Collector:
                 out.extend(get())
         return out
 
+    def app_stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        if self.receiver is not None:
+            out["ingest"] = self.receiver.ingest.stats.as_dict()
+        if self.forwarder is not None:
+            out["forward"] = self.forwarder.stats.as_dict()
+        if self.join is not None:
+            out["join"] = self.join.stats.as_dict()
+        return out
+
     def zone_gauges(self) -> list:
         out: list = []
         for fam in self.probes:
@@ -305,7 +315,7 @@ class Collector:
                                      self.stats_by_probe, self.pipeline_stats,
                                      timeout_s=self.cfg["export.otlp.timeout_s"],
                                      histograms=self.metric_histograms, netns_counters=self.netns_counter_values,
-                                     zones=self.zone_gauges)
+                                     zones=self.zone_gauges, app_stats=self.app_stats)
         old_handlers = self._install_signals()
         loader = Loader(debug_print_source=self.debug_bpf)
         t0 = time.monotonic()

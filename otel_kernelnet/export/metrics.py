@@ -19,6 +19,9 @@ spans):
   value of each sampled SNMP/netstat counter per network namespace;
 - ``kernelnet.softirq.{wait,run}.duration`` {kernelnet.softirq.vector, kernelnet.cpu}:
   histograms of every NET_RX/NET_TX softirq (probes/softirq.py);
+- ``kernelnet.collector.app`` {component, counter}: the OTLP receiver (ingest), the
+  forwarding of application spans (forward) and the cookie join (join), every counter
+  of each (received, refused, failed, joined, shed, ...);
 - ``kernelnet.zone.pages`` {kernelnet.zone.node, .name, .pages.kind}: free pages and the
   min/low/high watermarks of each memory zone (probes/reclaim.py).
 
@@ -170,7 +173,8 @@ class SelfMetrics:
                  probe_stats: Callable[[], dict[str, dict[str, int]]], pipeline_stats: Callable[[], dict[str, int]],
                  histograms: Callable[[], list[HistogramPoint]] = list,
                  netns_counters: Callable[[], Mapping[tuple[int, str], int]] = dict,
-                 zones: Callable[[], list[dict]] = list):
+                 zones: Callable[[], list[dict]] = list,
+                 app_stats: Callable[[], dict[str, dict[str, int]]] = dict):
         interval_ms = max(1000.0, interval_s * 1000) if interval_s else 60_000.0
         res = Resource(dict(resource))
         exporter = WithHistograms(exporter, histograms, res, time.time_ns())
@@ -178,6 +182,7 @@ class SelfMetrics:
         self._provider = MeterProvider(resource=res, metric_readers=[self._reader])
         self._netns_counters = netns_counters
         self._zones = zones
+        self._app_stats = app_stats
         meter = self._provider.get_meter(semconv.SCOPE_NAME, __version__)
         self._probe_stats = probe_stats
         self._pipeline_stats = pipeline_stats
@@ -189,6 +194,8 @@ class SelfMetrics:
                                         description="Events or spans lost, by stage (nothing is lost uncounted)")
         meter.create_observable_counter("kernelnet.netns.counter", [self._netns], unit="{event}",
                                         description="Latest value of a sampled SNMP/netstat counter, per network namespace")
+        meter.create_observable_counter("kernelnet.collector.app", [self._app], unit="{span}",
+                                        description="Application spans received, forwarded, refused, failed, and kernel spans joined or shed, by component (ingest, forward, join) and counter")
         meter.create_observable_gauge("kernelnet.zone.pages", [self._zone_pages], unit="{page}",
                                       description="Free pages of a memory zone and its min/low/high watermarks (/proc/zoneinfo)")
 
@@ -198,6 +205,10 @@ class SelfMetrics:
     def _netns(self, _o: CallbackOptions):
         return [Observation(v, {"kernelnet.netns": inode, "kernelnet.counter.name": name})
                 for (inode, name), v in self._netns_counters().items()]
+
+    def _app(self, _o: CallbackOptions):
+        return [Observation(v, {"component": comp, "counter": k})
+                for comp, st in self._app_stats().items() for k, v in st.items()]
 
     def _zone_pages(self, _o: CallbackOptions):
         out = []
@@ -227,6 +238,7 @@ class SelfMetrics:
 
 def build(resource: Mapping[str, Any], target: OtlpTarget | None, directory: str, interval_s: float,
           probe_stats, pipeline_stats, timeout_s: float = 10, histograms=list, netns_counters=dict,
-          zones=list) -> SelfMetrics:
+          zones=list, app_stats=dict) -> SelfMetrics:
     exporter = JsonLinesMetricExporter(directory) if target is None else _otlp_metric_exporter(target, timeout_s)
-    return SelfMetrics(resource, exporter, interval_s, probe_stats, pipeline_stats, histograms, netns_counters, zones)
+    return SelfMetrics(resource, exporter, interval_s, probe_stats, pipeline_stats, histograms, netns_counters, zones,
+                       app_stats)

@@ -51,3 +51,17 @@ def test_kernel_histograms_and_netns_counters_are_exported_beside_the_self_metri
     assert int(c["asInt"]) == 23
     assert {a["key"]: a["value"] for a in c["attributes"]} == {
         "kernelnet.netns": {"intValue": "4026532245"}, "kernelnet.counter.name": {"stringValue": "TcpExtListenOverflows"}}
+
+
+def test_receiver_forward_and_join_counters_are_exported(tmp_path):
+    app = {"ingest": {"spans": 12, "bad_requests": 1}, "join": {"joined_cookie": 5, "buffer_shed": 2}}
+    m = metrics.build({"service.name": "otel-kernelnet"}, None, str(tmp_path), 0, lambda: {}, lambda: {},
+                      app_stats=lambda: app)
+    m.shutdown()
+    (f,) = tmp_path.glob("metrics-*.jsonl")
+    line = json.loads(f.read_text().splitlines()[-1])
+    (mt,) = [mt for sm in line["resourceMetrics"][0]["scopeMetrics"] for mt in sm["metrics"]
+             if mt["name"] == "kernelnet.collector.app"]
+    got = {tuple(a["value"]["stringValue"] for a in dp["attributes"]): int(dp["asInt"]) for dp in mt["sum"]["dataPoints"]}
+    assert got == {("ingest", "spans"): 12, ("ingest", "bad_requests"): 1,
+                   ("join", "joined_cookie"): 5, ("join", "buffer_shed"): 2}
