@@ -32,11 +32,11 @@ fi
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PY is older than 3.11"
 stamp=.venv/.kernelnet-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
   log "installing otel-kernelnet (editable) and its dependencies into .venv"
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[analysis,test]" >.venv/pip-install.log 2>&1; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[analysis,test]" >.venv/pip-install.log 2>&1; then
     tail -20 .venv/pip-install.log >&2; die "pip install failed (full log: .venv/pip-install.log)"
   fi
   # Debian's bcc, and only it, on the venv's path (appended after site-packages).
