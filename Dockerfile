@@ -68,12 +68,13 @@ COPY pyproject.toml README.md ./
 COPY otel_kernelnet ./otel_kernelnet
 COPY analysis/kernelnet_analysis ./analysis/kernelnet_analysis
 COPY config/otel-kernelnet.yaml ./config/otel-kernelnet.yaml
+COPY scripts/constraints.txt ./scripts/constraints.txt
 
 # The venv sees Debian's bcc module and nothing else of dist-packages, as scripts/setup.sh
 # does. Editable install: the default config stays at
 # /opt/otel-kernelnet/config/otel-kernelnet.yaml, where the manifests mount theirs.
 RUN python3 -m venv .venv \
- && .venv/bin/pip install --no-cache-dir -e . \
+ && .venv/bin/pip install --no-cache-dir -c scripts/constraints.txt -e . \
  && mkdir -p .venv/debian-bcc \
  && ln -s /usr/lib/python3/dist-packages/bcc .venv/debian-bcc/bcc \
  && echo /opt/otel-kernelnet/.venv/debian-bcc > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_debian_bcc.pth" \
