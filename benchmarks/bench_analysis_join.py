@@ -1,9 +1,14 @@
 """Benchmark: the kernel join of kernelnet_analysis over N app spans and M kernel spans.
 
-    .venv/bin/python benchmarks/bench_analysis_join.py [N_APP] [N_KERNEL]   (default 10000 100000)
+    .venv/bin/python benchmarks/bench_analysis_join.py [N_APP] [N_KERNEL] [--columns ranking|all]
+                                                       (default 10000 100000, ranking)
 
 Prints one JSON line: sizes, join seconds (best of --repeat), output rows, kernel
-spans joined per second and peak RSS. The synthetic mix follows what the collector
+spans joined per second, the input size (``estimated_size``: the generated frames hold
+their ~70 all-null attribute columns as cheap null arrays), the RSS before the join, the
+peak RSS during it (VmHWM, reset once the frames are generated) and the difference. The
+RSS before the join includes what generating the frames left in the allocator, which
+the join may reuse. The synthetic mix follows what the collector
 emits (drops, resets, retransmits and slow skbs per socket; softirq/reclaim/counter
 spans only above thresholds, at fixed rates: softirq 10/s, reclaim 1/s of the app's
 own task, counters 5/s); the rest are per-socket: 70 % skb lifecycle and 20 % TCP
@@ -22,6 +27,7 @@ import time
 
 import polars as pl
 
+from kernelnet_analysis.causes import KERNEL_COLUMNS
 from kernelnet_analysis.join import join_kernel
 from kernelnet_analysis.schema import SPAN_SCHEMA
 
@@ -87,8 +93,27 @@ def make_frames(n_app: int, n_kernel: int) -> tuple[pl.DataFrame, pl.DataFrame]:
            "kernelnet.counter.name": pl.when(kind == "counter").then(pl.lit("TcpExtTCPTimeouts")),
            "kernelnet.counter.delta": pl.when(kind == "counter").then(pl.lit(1, pl.Int64))},
     ).with_columns(end_ns=pl.col("start_ns") + pl.col("duration_ns"))
-    app, k = _fill(app), _fill(k)
+    # the store holds spans in export order, about time order
+    app, k = _fill(app.sort("start_ns")), _fill(k.sort("start_ns"))
     return app, pl.concat([app, k])
+
+
+def _rss_mb(field: str) -> int:
+    """VmRSS / VmHWM of this process in MB (from /proc/self/status)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,21 +121,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("n_app", type=int, nargs="?", default=10_000)
     ap.add_argument("n_kernel", type=int, nargs="?", default=100_000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--columns", choices=("ranking", "all", "ids"), default="ranking",
+                    help="kernel columns in the output: those the ranking reads (what diagnose asks for), all, or ids only")
+    ap.add_argument("--chunk-rows", type=int, default=2_000_000, help="kernel spans per time chunk")
     a = ap.parse_args(argv)
     t = time.perf_counter()
     app, spans = make_frames(a.n_app, a.n_kernel)
     gen_s = time.perf_counter() - t
+    input_mb = (app.estimated_size() + spans.estimated_size()) // 2**20
+    columns = {"ranking": KERNEL_COLUMNS, "all": None, "ids": ()}[a.columns]
     best, out = float("inf"), None
+    rss0 = _rss_mb("VmRSS")
+    peak_reset = _reset_peak()
     for _ in range(a.repeat):
+        out = None
         t = time.perf_counter()
-        out = join_kernel(app, spans, None)
+        out = join_kernel(app, spans, None, columns=columns, chunk_rows=a.chunk_rows)
         best = min(best, time.perf_counter() - t)
-    counts = dict(out.group_by("match").len().iter_rows())
+    peak = _rss_mb("VmHWM")
+    counts = dict(sorted(out.group_by("match").len().iter_rows()))
     print(json.dumps({
-        "bench": "analysis_join", "app_spans": a.n_app, "kernel_spans": a.n_kernel, "seconds": round(best, 3),
-        "kernel_spans_per_s": round(a.n_kernel / best), "output_rows": out.height, "by_match": counts,
-        "generate_s": round(gen_s, 2), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-        "polars": pl.__version__, "threads": pl.thread_pool_size()}))
+        "bench": "analysis_join", "app_spans": a.n_app, "kernel_spans": a.n_kernel, "columns": a.columns,
+        "chunk_rows": a.chunk_rows, "seconds": round(best, 3), "kernel_spans_per_s": round(a.n_kernel / best),
+        "output_rows": out.height, "output_mb": out.estimated_size() // 2**20, "by_match": counts,
+        "generate_s": round(gen_s, 2), "input_mb": input_mb, "rss_before_join_mb": rss0,
+        "join_extra_mb": _rss_mb("VmHWM") - rss0,
+        "peak_rss_mb": peak if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "peak_is_join_only": peak_reset, "polars": pl.__version__, "threads": pl.thread_pool_size()}))
     return 0
 
 

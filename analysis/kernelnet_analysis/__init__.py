@@ -22,10 +22,11 @@ from .join import interval_join, join_kernel
 from .schema import EVENT_SCHEMA, LINK_SCHEMA, RESOURCE_SCHEMA, SPAN_SCHEMA, Traces, app_spans, kernel_spans
 from .spikes import detect_spikes, spike_threshold
 from .store import iter_store, load_store, read_file, scan_parquet, store_to_parquet
+from .timejoin import cpu_window_join, key_interval_join, pair_next
 
 __all__ = [
     "KINDS", "SPAN_SCHEMA", "EVENT_SCHEMA", "LINK_SCHEMA", "RESOURCE_SCHEMA", "SourceError", "Traces",
     "app_spans", "kernel_spans", "load", "load_store", "read_file", "iter_store", "store_to_parquet",
     "scan_parquet", "detect_spikes", "spike_threshold", "join_kernel", "interval_join", "rank_causes",
-    "diagnose", "run",
+    "diagnose", "run", "cpu_window_join", "pair_next", "key_interval_join",
 ]

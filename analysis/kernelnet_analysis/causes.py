@@ -9,6 +9,8 @@ Confidence = how surely the evidence belongs to the span (:data:`STRENGTH` of th
 join) x how much of the spike it explains or how specific it is. Each kind's rule
 is documented in ``docs/analysis.md``; in short:
 
+* rcvbuf_drop also from ``sock.rcvqueue_full`` / ``sock.exceed_buf_limit`` (receive side)
+  events: weak alone (they name no socket), lifting and enriching SOCKET_RCVBUFF drops;
 * drops: one kind per reason (``PFMEMALLOC`` -> pfmemalloc_drop, ``SOCKET_RCVBUFF`` ->
   rcvbuf_drop, ``NETFILTER_DROP`` -> netfilter_drop, ``NO_SOCKET`` -> no_socket_rst,
   ``TCP_LISTEN_OVERFLOW`` -> listen_overflow, else ``drop:<REASON>``), stronger with count;
@@ -46,6 +48,25 @@ C_LISTEN = ("TcpExtListenOverflows", "TcpExtListenDrops")
 #: a conntrack INVALID counter: not yet in semconv; any counter name matching this
 CONNTRACK_INVALID_PATTERN = r"(?i)conntrack.*invalid|invalid.*conntrack"
 
+#: kernel span columns the ranking reads (``join_kernel(..., columns=KERNEL_COLUMNS)``)
+KERNEL_COLUMNS = (
+    "trace_id", "span_id", "start_ns", "end_ns", "duration_ns", sc.KIND, "kernelnet.cpu", "process.pid",
+    "process.command", "network.peer.address", "network.interface.name", "source.address", "source.port",
+    "destination.address", "destination.port", "kernelnet.drop.reason", "kernelnet.drop.location",
+    "kernelnet.skb.len", "kernelnet.reclaim.type", "kernelnet.reclaim.nr_reclaimed", "kernelnet.cgroup.path",
+    "kernelnet.softirq.vector", "kernelnet.softirq.wait_ns", "kernelnet.softirq.run_ns", "kernelnet.culprit.comm",
+    "kernelnet.culprit.pid", "kernelnet.culprit.ns", "kernelnet.tcp.retransmit.type", "kernelnet.tcp.cong_state",
+    "kernelnet.tcp.reset.reason", "kernelnet.listen.address", "kernelnet.listen.queue_len",
+    "kernelnet.listen.queue_limit", "kernelnet.netns.somaxconn", "kernelnet.counter.name", "kernelnet.counter.delta",
+    "kernelnet.sock.rmem_alloc", "kernelnet.sock.rcvbuf", "kernelnet.sock.truesize", "kernelnet.sock.protocol",
+    "kernelnet.sock.mem.kind", "kernelnet.sock.mem.allocated", "kernelnet.sock.mem.max",
+    "kernelnet.memory.below_min", "kernelnet.reclaim.duration_ns", "kernelnet.reclaim.gfp_flags",
+    "kernelnet.skb.backlog_wait_ns", "kernelnet.skb.arrival_cpu",
+)
+
+#: kernelnet.reclaim.type values that are a stall of the task itself
+RECLAIM_STALLS = ("direct", "memcg", "throttle")
+
 DROP_KINDS = {"PFMEMALLOC": "pfmemalloc_drop", "SOCKET_RCVBUFF": "rcvbuf_drop",
               "NETFILTER_DROP": "netfilter_drop", "NO_SOCKET": "no_socket_rst",
               "TCP_LISTEN_OVERFLOW": "listen_overflow"}
@@ -75,7 +96,8 @@ REMEDIES = {
                        "starts at 128 whatever the node has) and the server's listen backlog (e.g. nginx "
                        "'listen ... backlog='), and make the server accept faster.",
     "rcvbuf_drop": "The socket's receive buffer was full: the application reads too slowly. Read faster, or raise "
-                   "SO_RCVBUF / net.ipv4.tcp_rmem / net.core.rmem_max.",
+                   "SO_RCVBUF / net.ipv4.tcp_rmem / net.core.rmem_max. If the protocol's memory limit was hit "
+                   "(sock.exceed_buf_limit), raise net.ipv4.tcp_mem / udp_mem or find what holds socket memory.",
     "netfilter_drop": "A netfilter rule dropped the packets. Check rule counters (iptables -vnL, nft list ruleset) "
                       "and the conntrack table (nf_conntrack_count vs nf_conntrack_max).",
     "no_socket_rst": "Packets reached a host with no socket for the flow and were answered with RST: the peer "
@@ -167,6 +189,7 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
                  bytes=pl.col("kernelnet.skb.len").sum(), first_ns=pl.col("start_ns").min(),
                  interface=pl.col("network.interface.name").drop_nulls().first(),
                  location=pl.col("kernelnet.drop.location").drop_nulls().first(),
+                 below_min=pl.col("kernelnet.memory.below_min").drop_nulls().first(),
                  source=pl.format("{}:{}", pl.col("source.address"), pl.col("source.port")).drop_nulls().first(),
                  destination=pl.format("{}:{}", pl.col("destination.address"), pl.col("destination.port")).drop_nulls().first())
              .join(counters, on=_IDS, how="left"))
@@ -178,19 +201,55 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
         pl.col("strength") * (0.8 + 0.15 * (pl.col("n") / 3).clip(upper_bound=1.0)) * pl.when(legacy_pfm).then(0.85).otherwise(1.0),
         pl.struct(drops=pl.col("n"), reason=reason, bytes=pl.col("bytes"), interface=pl.col("interface"),
                   source=pl.col("source"), destination=pl.col("destination"), location=pl.col("location"),
-                  pfmemalloc_counter=pl.col("c_pfm").fill_null(0), inferred=pl.col("inferred"))))
+                  pfmemalloc_counter=pl.col("c_pfm").fill_null(0), inferred=pl.col("inferred"),
+                  zones_below_min=pl.col("below_min"))))
     # PFMEMALLOC seen only as a counter jump in the window (older kernels without the reason)
     pfm_c = counters.filter(pl.col("c_pfm") > 0)
     out.append(_best_rows(pfm_c, pl.lit("pfmemalloc_drop"), pl.lit(0.45),
                           pl.struct(pfmemalloc_counter=pl.col("c_pfm"), drops=pl.lit(0), match=pl.lit("window"))))
 
+    # --- receive buffer full: sock.rcvqueue_full / sock.exceed_buf_limit (receive side) ----------
+    # Both tracepoints carry no socket: they join by window (or by cookie/4-tuple when present).
+    # Alone they stay below 0.5 on a window match; with SOCKET_RCVBUFF drops on the span's socket
+    # they lift that claim slightly and add the queue figures to its evidence.
+    is_rqf = kind_col == sc.KIND_SOCK_RCVQUEUE_FULL
+    is_exb = ((kind_col == sc.KIND_SOCK_EXCEED_BUF_LIMIT)
+              & ~pl.col("kernelnet.sock.mem.kind").fill_null("").str.contains("SEND"))
+    is_sock = is_rqf | is_exb
+    rb_drop = (kind_col == sc.KIND_DROP) & direct & (reason == "SOCKET_RCVBUFF")
+    rb = (e.filter(is_sock | rb_drop).group_by(_IDS).agg(
+        rqf=is_rqf.sum(), exb=is_exb.sum(), drops=rb_drop.sum(),
+        s_strength=pl.col("strength").filter(is_sock).max(), d_strength=pl.col("strength").filter(rb_drop).max(),
+        rmem_alloc=pl.col("kernelnet.sock.rmem_alloc").filter(is_sock).max(),
+        rcvbuf=pl.col("kernelnet.sock.rcvbuf").filter(is_rqf).drop_nulls().first(),
+        truesize=pl.col("kernelnet.sock.truesize").filter(is_rqf).max(),
+        protocol=pl.col("kernelnet.sock.protocol").filter(is_exb).drop_nulls().first(),
+        mem_allocated=pl.col("kernelnet.sock.mem.allocated").filter(is_exb).max(),
+        mem_max=pl.col("kernelnet.sock.mem.max").filter(is_exb).drop_nulls().first(),
+        match=pl.col("match").filter(is_sock).sort_by(pl.col("match_rank").filter(is_sock)).first())
+        .filter(pl.col("s_strength").is_not_null()))
+    s_conf = pl.col("s_strength") * (0.55 + 0.15 * ((pl.col("rqf") + pl.col("exb")) / 3).clip(upper_bound=1.0))
+    d_conf = pl.col("d_strength") * (0.8 + 0.15 * (pl.col("drops") / 3).clip(upper_bound=1.0))
+    out.append(_best_rows(
+        rb, pl.lit("rcvbuf_drop"),
+        pl.when(pl.col("drops") > 0).then(pl.max_horizontal(s_conf, d_conf) + 0.03).otherwise(s_conf),
+        pl.struct(rcvqueue_full=pl.col("rqf"), protocol_mem_limit=pl.col("exb"), drops=pl.col("drops"),
+                  rmem_alloc=pl.col("rmem_alloc"), rcvbuf=pl.col("rcvbuf"), truesize=pl.col("truesize"),
+                  protocol=pl.col("protocol"), mem_allocated_pages=pl.col("mem_allocated"),
+                  mem_max_pages=pl.col("mem_max"), match=pl.col("match"))))
+
     # --- reclaim -----------------------------------------------------------------------------
-    rec = e.filter(kind_col == sc.KIND_RECLAIM).with_columns(overlap_ns=_overlap())
+    # only a task's own stall (direct, memcg, throttle) delays a request; kswapd running and zone
+    # samples are context (seen in the window, they are not the span's stall)
+    rtype_ = pl.col("kernelnet.reclaim.type")
+    rec = (e.filter((kind_col == sc.KIND_RECLAIM) & (rtype_.is_null() | rtype_.is_in(RECLAIM_STALLS)))
+           .with_columns(overlap_ns=_overlap()))
     out.append(_best_rows(
         rec, pl.lit("memory_reclaim"),
         pl.col("strength") * (0.3 + 0.65 * _explain(pl.col("overlap_ns"))),
-        pl.struct(stall_ms=_ms(pl.col("duration_ns")), overlap_ms=_ms(pl.col("overlap_ns")),
-                  type=pl.col("kernelnet.reclaim.type"), task=pl.col("process.command"), pid=pl.col("process.pid"),
+        pl.struct(stall_ms=_ms(pl.coalesce("kernelnet.reclaim.duration_ns", "duration_ns")),
+                  overlap_ms=_ms(pl.col("overlap_ns")), type=rtype_, gfp_flags=pl.col("kernelnet.reclaim.gfp_flags"),
+                  task=pl.col("process.command"), pid=pl.col("process.pid"),
                   cgroup=pl.col("kernelnet.cgroup.path"), nr_reclaimed=pl.col("kernelnet.reclaim.nr_reclaimed"),
                   match=pl.col("match"))))
 
@@ -206,12 +265,24 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
                       culprit=pl.col("kernelnet.culprit.comm"), culprit_pid=pl.col("kernelnet.culprit.pid"),
                       culprit_ms=_ms(pl.col("kernelnet.culprit.ns")), match=pl.col("match"))))
 
+    # the span's own packets waited in the per-CPU backlog for NET_RX (skb lifecycle spans). Weighed
+    # 0.9: the softirq span they link to names the culprit and wins when it was exported too.
+    backlog = pl.col("kernelnet.skb.backlog_wait_ns").fill_null(0)
+    skb = (e.filter((kind_col == sc.KIND_SKB) & direct & (backlog >= 1_000_000))
+           .group_by(_IDS).agg(strength=pl.col("strength").max(), wait=backlog.max(), n=pl.len(),
+                               cpu=pl.col("kernelnet.skb.arrival_cpu").sort_by(backlog).last(),
+                               match=pl.col("match").sort_by("match_rank").first()))
+    out.append(_best_rows(
+        skb, pl.lit("softirq_delay"), 0.9 * pl.col("strength") * (0.3 + 0.65 * _explain(pl.col("wait"))),
+        pl.struct(backlog_wait_ms=_ms(pl.col("wait")), packets_delayed=pl.col("n"), cpu=pl.col("cpu"),
+                  match=pl.col("match"))))
+
     # --- per-spike facts shared by retransmits, resets and listen overflow -------------------
     rtype = pl.col("kernelnet.tcp.retransmit.type")
     is_rtx = (kind_col == sc.KIND_TCP_RETRANSMIT) & direct
     facts = (e.group_by(_IDS).agg(
         fast=(is_rtx & (rtype == "fast")).sum(), timeout=(is_rtx & (rtype == "timeout")).sum(),
-        syn=(is_rtx & (rtype == "syn")).sum(),
+        syn=(is_rtx & (rtype == "syn")).sum(), synack=(is_rtx & (rtype == "synack")).sum(),
         rtx_strength=pl.col("strength").filter(is_rtx).max(),
         recovery=((kind_col == sc.KIND_TCP_CONG_STATE) & direct
                   & pl.col("kernelnet.tcp.cong_state").is_in(["Recovery", "Disorder"])).sum(),
@@ -241,7 +312,7 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
     r = ((pl.col("c_dsack") + pl.col("c_reorder")) / pl.max_horizontal(pl.col("fast"), pl.lit(1))).clip(0.0, 1.0)
     listen_seen = pl.col("lo_strength").is_not_null() | (pl.col("c_listen") > 0)
     rtx = facts.filter(pl.col("rtx_strength").is_not_null()).with_columns(reorder_ratio=r)
-    rtx_ev = pl.struct(fast=pl.col("fast"), timeout=pl.col("timeout"), syn=pl.col("syn"),
+    rtx_ev = pl.struct(fast=pl.col("fast"), timeout=pl.col("timeout"), syn=pl.col("syn"), synack=pl.col("synack"),
                        dsack_recv=pl.col("c_dsack"), sack_reorder=pl.col("c_reorder"),
                        timeouts_counter=pl.col("c_timeouts"), recovery_events=pl.col("recovery"),
                        loss_events=pl.col("loss_state"), reorder_ratio=pl.col("reorder_ratio").round(2),
@@ -277,11 +348,11 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
         lo_base=pl.coalesce(pl.col("lo_strength"), pl.lit(0.4)))
     out.append(_best_rows(
         lo, pl.lit("listen_overflow"),
-        (pl.col("lo_base") * 0.95 + 0.1 * (pl.col("syn") > 0)).clip(upper_bound=0.97),
+        (pl.col("lo_base") * 0.95 + 0.1 * ((pl.col("syn") + pl.col("synack")) > 0)).clip(upper_bound=0.97),
         pl.struct(listen_address=pl.col("lo_address"), queue_len=pl.col("lo_queue_len"),
                   queue_limit=pl.col("lo_queue_limit"), netns_somaxconn=pl.col("lo_somaxconn"),
                   overflows=pl.max_horizontal(pl.col("lo_delta"), pl.col("c_listen")),
-                  syn_retransmits=pl.col("syn"),
+                  syn_retransmits=pl.col("syn"), synack_retransmits=pl.col("synack"),
                   match=pl.when(pl.col("lo_strength").is_not_null()).then(pl.lit("listener")).otherwise(pl.lit("window")))))
 
     ranked = (pl.concat(out).sort("confidence", descending=True)

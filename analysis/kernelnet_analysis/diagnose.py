@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import polars as pl
 
-from .causes import rank_causes
+from .causes import KERNEL_COLUMNS, rank_causes
 from .errors import SourceError
 from .join import join_kernel
 from .schema import Traces
@@ -67,7 +67,7 @@ def analyse(traces: Traces, service: str | None = None, method: str = "mad", k: 
     if spikes.height == 0:
         return spikes, pl.DataFrame(schema={"app_trace_id": pl.String, "app_span_id": pl.String, "kind": pl.String,
                                             "confidence": pl.Float64, "evidence": pl.String, "remedy": pl.String})
-    joined = join_kernel(spikes, traces.spans, traces.links)
+    joined = join_kernel(spikes, traces.spans, traces.links, columns=KERNEL_COLUMNS)
     causes = rank_causes(joined, spikes).filter(pl.col("confidence") >= min_confidence)
     return spikes, causes
 

@@ -314,6 +314,10 @@ def _inject(w: _World, i: int, t: int, conn: dict) -> None:
                 **w.pkt_attrs(conn, "server", cookie=sc_ == "rcvbuf"), "kernelnet.drop.reason": reason,
                 "kernelnet.skb.has_socket": sc_ == "rcvbuf", "kernelnet.skb.len": 1448},
                 host=host(server) if sc_ == "rcvbuf" else None, error=True)
+            if sc_ == "rcvbuf":  # the tracepoint names no socket: a standalone, host-wide span
+                w.kspan(sc.SPAN_TCP_EVENT, sc.KIND_SOCK_RCVQUEUE_FULL, d, d, {
+                    "kernelnet.sock.rmem_alloc": 212_480, "kernelnet.sock.truesize": 2_304,
+                    "kernelnet.sock.rcvbuf": 212_992, "cpu": 1})
             w.kspan(sc.SPAN_TCP_EVENT, sc.KIND_TCP_RETRANSMIT, d + 210 * MS, d + 210 * MS, {
                 **sock(conn, "client"), "kernelnet.tcp.retransmit.type": "timeout",
                 "network.connection.state": "established"}, host=host(client))

@@ -173,6 +173,105 @@ def test_rank_drop_reasons_and_generic_kind():
     assert r[0][2]["drops"] == 3
 
 
+def test_rank_rcvbuf_from_sock_events():
+    """sock.rcvqueue_full / exceed_buf_limit name no socket: weak alone, lifting SOCKET_RCVBUFF drops."""
+    def world(drops, send_side=False):
+        w = World()
+        baseline(w)
+        srv = w.app_span("s", 5000, 300, **_sock())
+        for i in range(4):
+            w.kernel("r", 5100 + i, 0, "sock.rcvqueue_full", kernelnet__sock__rmem_alloc=212_000 + i,
+                     kernelnet__sock__rcvbuf=212_992, kernelnet__sock__truesize=2304)
+        w.kernel("x", 5150, 0, "sock.exceed_buf_limit", kernelnet__sock__protocol="TCP",
+                 kernelnet__sock__mem__kind="SK_MEM_SEND" if send_side else "SK_MEM_RECV",
+                 kernelnet__sock__mem__allocated=9000, kernelnet__sock__mem__max=8000)
+        for i in range(drops):
+            w.kernel("s", 5110 + i, 0, "drop", parent=srv, kernelnet__drop__reason="SOCKET_RCVBUFF")
+        return w.finish()
+    r = _rank(world(0))
+    assert r[0][0] == "rcvbuf_drop" and 0.3 <= r[0][1] < 0.5  # window match only
+    ev = r[0][2]
+    assert (ev["rcvqueue_full"], ev["protocol_mem_limit"], ev["drops"]) == (4, 1, 0)
+    assert (ev["rmem_alloc"], ev["rcvbuf"], ev["truesize"], ev["match"]) == (212_003, 212_992, 2304, "window")
+    assert (ev["protocol"], ev["mem_allocated_pages"], ev["mem_max_pages"]) == ("TCP", 9000, 8000)
+    assert _rank(world(0, send_side=True))[0][2]["protocol_mem_limit"] == 0  # the send side is not receive
+    with_drops = _rank(world(3))
+    assert with_drops[0][0] == "rcvbuf_drop" and with_drops[0][1] >= 0.98  # above the drops alone (0.95)
+    assert (with_drops[0][2]["drops"], with_drops[0][2]["rcvqueue_full"]) == (3, 4)
+    assert [k for k, _, _ in with_drops].count("rcvbuf_drop") == 1
+
+
+def test_rank_reclaim_counts_stalls_of_a_task_only():
+    def world(typ, **kw):
+        w = World()
+        baseline(w)
+        w.app_span("s", 5000, 300)
+        w.kernel("r", 5010, 280, "reclaim", process__pid=10, kernelnet__reclaim__type=typ, **kw)
+        return w.finish()
+    assert "memory_reclaim" not in [k for k, _, _ in _rank(world("kswapd"))]  # context, not the span's stall
+    assert "memory_reclaim" not in [k for k, _, _ in _rank(world("zone_below_min"))]
+    r = _rank(world("throttle", kernelnet__reclaim__duration_ns=270 * MS,
+                    kernelnet__reclaim__gfp_flags="GFP_KERNEL|__GFP_ACCOUNT"))
+    assert r[0][0] == "memory_reclaim" and r[0][1] >= 0.8
+    assert (r[0][2]["type"], r[0][2]["stall_ms"], r[0][2]["gfp_flags"]) == ("throttle", 270.0, "GFP_KERNEL|__GFP_ACCOUNT")
+
+
+def test_rank_skb_backlog_wait_is_softirq_delay():
+    def world(softirq_too):
+        w = World()
+        baseline(w)
+        srv = w.app_span("s", 5000, 300, **_sock())
+        links = ()
+        if softirq_too:
+            q = w.kernel("q", 5010, 251, "softirq", kernelnet__softirq__wait_ns=250 * MS,
+                         kernelnet__culprit__comm="kubelet", kernelnet__cpu=1)
+            links = [("q", q)]
+        w.kernel("k", 5010, 260, "skb", links=links, **{"kernelnet.socket.cookie": 7,
+                 "kernelnet.skb.backlog_wait_ns": 250 * MS, "kernelnet.skb.arrival_cpu": 1, "kernelnet.skb.end": "read"})
+        return w.finish()
+    r = _rank(world(False))
+    assert r[0][0] == "softirq_delay" and 0.7 <= r[0][1] < 0.8  # 0.9 x (0.3 + 0.65 x 250/290)
+    assert (r[0][2]["backlog_wait_ms"], r[0][2]["cpu"], r[0][2]["match"]) == (250.0, 1, "cookie")
+    r = _rank(world(True))
+    assert r[0][0] == "softirq_delay" and r[0][1] >= 0.8 and r[0][2]["culprit"] == "kubelet"  # the linked span wins
+
+
+def test_rank_synack_retransmits_and_zones_below_min():
+    w = World()
+    baseline(w)
+    srv = w.app_span("s", 5000, 300, **_sock(**{"network.local.address": "10.0.0.1", "network.local.port": 80}))
+    w.kernel("o", 5005, 0, "tcp.listen_overflow", kernelnet__listen__address="10.0.0.1:80",
+             kernelnet__listen__queue_len=129, kernelnet__listen__queue_limit=128)
+    for i in range(2):
+        w.kernel("s", 5010 + i * 100, 0, "tcp.retransmit", parent=srv, kernelnet__tcp__retransmit__type="synack")
+    r = _rank(w.finish())
+    assert r[0][0] == "listen_overflow" and r[0][1] == 0.9  # 0.85 x 0.95 + 0.1
+    assert (r[0][2]["synack_retransmits"], r[0][2]["syn_retransmits"]) == (2, 0)
+    w = World()
+    baseline(w)
+    srv = w.app_span("s", 5000, 300, **_sock())
+    w.kernel("s", 5010, 0, "drop", parent=srv, kernelnet__drop__reason="PFMEMALLOC",
+             kernelnet__memory__below_min="node0/Normal")
+    r = _rank(w.finish())
+    assert r[0][0] == "pfmemalloc_drop" and r[0][2]["zones_below_min"] == "node0/Normal"
+
+
+def test_join_chunks_and_columns_change_nothing(datasets):
+    """Time chunks and the pruned column set give the same join and the same ranking."""
+    from kernelnet_analysis import load
+    from kernelnet_analysis.causes import KERNEL_COLUMNS
+    t = load(str(datasets["conntrack"]))
+    s = detect_spikes(t.spans)
+    whole = join_kernel(s, t.spans, t.links)
+    chunked = join_kernel(s, t.spans, t.links, chunk_rows=50)
+    assert whole.height > 100 and whole.equals(chunked)
+    lazy = join_kernel(s.lazy(), t.spans.lazy(), t.links.lazy(), chunk_rows=50)
+    assert lazy.equals(whole)
+    narrow = join_kernel(s, t.spans, t.links, columns=KERNEL_COLUMNS)
+    assert narrow.width < whole.width
+    assert rank_causes(narrow, s).equals(rank_causes(whole, s))
+
+
 def test_rank_softirq_by_share_of_excess():
     w = World()
     baseline(w)
@@ -239,6 +338,16 @@ def test_listen_overflow_evidence(datasets):
     assert (ev["queue_len"], ev["queue_limit"], ev["netns_somaxconn"]) == (129, 128, 128)
     assert ev["listen_address"] == "10.0.1.5:8080" and ev["syn_retransmits"] >= 1
     assert "somaxconn" in top["remedy"] and "backlog" in top["remedy"]
+
+
+def test_rcvbuf_evidence_has_the_queue(datasets):
+    """The synthetic rcvbuf incident: drops on the socket plus host-wide sock.rcvqueue_full spans."""
+    top = diagnose(str(datasets["rcvbuf"]))["spikes"][0]["causes"][0]
+    ev = top["evidence"]
+    assert top["kind"] == "rcvbuf_drop" and top["confidence"] >= 0.9
+    assert ev["drops"] >= 3 and ev["rcvqueue_full"] >= 3
+    assert (ev["rmem_alloc"], ev["rcvbuf"]) == (212_480, 212_992)
+    assert "SO_RCVBUF" in top["remedy"]
 
 
 def test_synth_deterministic(tmp_path):
