@@ -270,6 +270,7 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
     backlog = pl.col("kernelnet.skb.backlog_wait_ns").fill_null(0)
     skb = (e.filter((kind_col == sc.KIND_SKB) & direct & (backlog >= 1_000_000))
            .group_by(_IDS).agg(strength=pl.col("strength").max(), wait=backlog.max(), n=pl.len(),
+                               excess_ns=pl.col("excess_ns").first(),
                                cpu=pl.col("kernelnet.skb.arrival_cpu").sort_by(backlog).last(),
                                match=pl.col("match").sort_by("match_rank").first()))
     out.append(_best_rows(
