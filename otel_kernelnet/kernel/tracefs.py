@@ -24,6 +24,10 @@ class TracefsError(Exception):
     """tracefs is missing or a format file cannot be read/parsed."""
 
 
+class TracepointMissing(TracefsError):
+    """The running kernel has no such tracepoint (an optional probe part is lost)."""
+
+
 def _is_tracefs(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "events"))
 
@@ -105,15 +109,16 @@ def _split_decl(decl: str) -> tuple[str, str]:
     return typ, m.group("name")
 
 
-def _balanced(text: str, start: int) -> str:
-    """The text from ``start`` (just after an opening parenthesis) to its closing one."""
+def balanced(text: str, start: int, opening: str = "(", closing: str = ")") -> str:
+    """The text from ``start`` (just after an opening bracket) to its matching closing
+    one, skipping quoted strings (print_fmt tables: ``(...)`` and ``{...}``)."""
     depth = 1
     i = start
     while i < len(text) and depth:
         c = text[i]
-        if c == "(":
+        if c == opening:
             depth += 1
-        elif c == ")":
+        elif c == closing:
             depth -= 1
         elif c == '"':
             i = text.index('"', i + 1)
@@ -124,7 +129,7 @@ def _balanced(text: str, start: int) -> str:
 def parse_symbolic_tables(print_fmt: str) -> dict[str, dict[int, str]]:
     tables: dict[str, dict[int, str]] = {}
     for m in _SYMBOLIC_RE.finditer(print_fmt):
-        body = _balanced(print_fmt, m.start() + len("__print_symbolic("))
+        body = balanced(print_fmt, m.start() + len("__print_symbolic("))
         pairs = {int(v, 0): name for v, name in _PAIR_RE.findall(body)}
         tables.setdefault(m.group("field"), {}).update(pairs)
     return tables
@@ -201,7 +206,7 @@ def read_format(category: str, name: str, tracefs: str | None = None) -> Tracepo
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
-        raise TracefsError(f"tracepoint {category}:{name} does not exist on this kernel") from None
+        raise TracepointMissing(f"tracepoint {category}:{name} does not exist on this kernel") from None
     except OSError as e:
         raise TracefsError(f"cannot read {path}: {e.strerror}") from None
     fmt = parse_format(text, category, name)

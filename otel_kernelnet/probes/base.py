@@ -37,6 +37,23 @@ class KernelContext:
     scope_netns: frozenset[int] | None = None  # None: every namespace (see otel_kernelnet/scope.py)
 
 
+def read_optional_formats(tracepoints: Iterable[Any], tracefs_root: str | None = None,
+                          category: str | None = None) -> dict[str, Any]:
+    """Format of each tracepoint (objects with ``key``, ``name`` and ``category``, unless
+    ``category`` is given) by key; None where this kernel lacks it. Any other problem
+    (tracefs unreadable) means the family cannot run: ProbeUnavailable."""
+    from ..kernel import tracefs
+    out: dict[str, Any] = {}
+    for tp in tracepoints:
+        try:
+            out[tp.key] = tracefs.read_format(category or tp.category, tp.name, tracefs_root)
+        except tracefs.TracepointMissing:
+            out[tp.key] = None
+        except tracefs.TracefsError as e:
+            raise ProbeUnavailable(str(e)) from None
+    return out
+
+
 class ProbeFamily(ABC):
     name: str  # config section probes.<name>
     summary: str  # one line for `check` and the start-up message

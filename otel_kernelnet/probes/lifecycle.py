@@ -37,11 +37,10 @@ from typing import Any, Callable, Mapping
 
 from .. import records
 from .. import semconv as sc
-from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
 from ..export.metrics_model import HistogramPoint
 from ..spans import L4_NAMES, STATUS_ERROR, STATUS_UNSET, IdSource, KernelSpan, SpanEvent, ip_text
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
 
 RECORD = records.record_type("lifecycle", "kn_life_event")
 DEFS = records.defines("lifecycle")
@@ -130,15 +129,8 @@ class Plan:
 
 
 def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
-    out: dict[str, TracepointFormat | None] = {}
-    for tp in TRACEPOINTS:
-        try:
-            out[tp.key] = tracefs.read_format(tp.category, tp.name, tracefs_root)
-        except tracefs.TracefsError as e:
-            if "does not exist" not in str(e):
-                raise ProbeUnavailable(str(e)) from None
-            out[tp.key] = None
-    return out
+    """Format of every tracepoint the family can use (None where this kernel lacks it)."""
+    return read_optional_formats(TRACEPOINTS, tracefs_root)
 
 
 def btf_offsets(btf: Any | None) -> tuple[dict[str, int], list[str]]:

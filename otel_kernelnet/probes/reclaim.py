@@ -35,7 +35,7 @@ from .. import semconv as sc
 from ..kernel import cgroups, tracefs, zoneinfo
 from ..kernel.tracefs import TracepointFormat
 from ..spans import IdSource, KernelSpan
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
 
 RECORD = records.record_type("reclaim", "kn_reclaim_event")
 DEFS = records.defines("reclaim")
@@ -122,34 +122,20 @@ def const_eval(expr: str, names: Mapping[str, int] | None = None) -> int:
     return ev(tree)
 
 
-def _balanced(text: str, start: int) -> str:
-    depth, i = 1, start
-    while i < len(text) and depth:
-        c = text[i]
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == '"':
-            i = text.index('"', i + 1)
-        i += 1
-    return text[start:i - 1]
-
-
 def print_flags_table(print_fmt: str, field_name: str, names: Mapping[str, int] | None = None) -> list[tuple[int, str]]:
     """``[(mask, name), ...]`` of ``__print_flags(REC-><field_name>, "|", {mask, "NAME"}, ...)``
     in table order; entries whose mask cannot be evaluated are left out."""
     m = re.search(r"__print_flags\(\s*REC->" + re.escape(field_name) + r"\s*,", print_fmt)
     if not m:
         return []
-    body = _balanced(print_fmt, print_fmt.index("(", m.start()) + 1)
+    body = tracefs.balanced(print_fmt, print_fmt.index("(", m.start()) + 1)
     out = []
     i = 0
     while True:
         j = body.find("{", i)
         if j < 0:
             break
-        inner = _balanced_brace(body, j + 1)
+        inner = tracefs.balanced(body, j + 1, "{", "}")
         i = j + 1 + len(inner) + 1
         k = inner.rfind(",")
         if k < 0:
@@ -163,20 +149,6 @@ def print_flags_table(print_fmt: str, field_name: str, names: Mapping[str, int] 
             continue
         out.append((mask, name_m.group(1)))
     return out
-
-
-def _balanced_brace(text: str, start: int) -> str:
-    depth, i = 1, start
-    while i < len(text) and depth:
-        c = text[i]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-        elif c == '"':
-            i = text.index('"', i + 1)
-        i += 1
-    return text[start:i - 1]
 
 
 def decode_flags(value: int, table: list[tuple[int, str]], none: str = "none") -> str:
@@ -222,16 +194,7 @@ class Plan:
 
 
 def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
-    out: dict[str, TracepointFormat | None] = {}
-    for g in GROUPS:
-        for tp in g.tracepoints:
-            try:
-                out[tp.key] = tracefs.read_format("vmscan", tp.name, tracefs_root)
-            except tracefs.TracefsError as e:
-                if "does not exist" not in str(e):
-                    raise ProbeUnavailable(str(e)) from None
-                out[tp.key] = None
-    return out
+    return read_optional_formats([tp for g in GROUPS for tp in g.tracepoints], tracefs_root, category="vmscan")
 
 
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,

@@ -36,10 +36,10 @@ from typing import Any, Callable, Mapping
 from .. import records
 from ..export.metrics_model import HistogramPoint
 from .. import semconv as sc
-from ..kernel import cgroups, tracefs
+from ..kernel import cgroups
 from ..kernel.tracefs import TracepointFormat
 from ..spans import IdSource, KernelSpan, SpanEvent
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
 
 RECORD = records.record_type("softirq", "kn_softirq_event")
 DEFS = records.defines("softirq")
@@ -119,15 +119,8 @@ def possible_cpus(text: str | None = None) -> int:
 
 
 def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
-    out: dict[str, TracepointFormat | None] = {}
-    for tp in TRACEPOINTS:
-        try:
-            out[tp.key] = tracefs.read_format(tp.category, tp.name, tracefs_root)
-        except tracefs.TracefsError as e:
-            if "does not exist" not in str(e):
-                raise ProbeUnavailable(str(e)) from None
-            out[tp.key] = None
-    return out
+    """Format of every tracepoint the family can use (None where this kernel lacks it)."""
+    return read_optional_formats(TRACEPOINTS, tracefs_root)
 
 
 def _ok(fmt: TracepointFormat, tp: Tracepoint) -> list[str]:

@@ -35,10 +35,9 @@ from typing import Any, Callable, Mapping
 
 from .. import records
 from .. import semconv as sc
-from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
 from ..spans import STATUS_ERROR, STATUS_UNSET, IdSource, KernelSpan, ip_text
-from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
 
 RECORD = records.record_type("tcp", "kn_tcp_event")
 DEFS = records.defines("tcp")
@@ -189,15 +188,7 @@ class Plan:
 
 def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
     """Format of every tracepoint the family can use (None where this kernel lacks it)."""
-    out: dict[str, TracepointFormat | None] = {}
-    for tp in TRACEPOINTS:
-        try:
-            out[tp.key] = tracefs.read_format(tp.category, tp.name, tracefs_root)
-        except tracefs.TracefsError as e:
-            if "does not exist" not in str(e):
-                raise ProbeUnavailable(str(e)) from None
-            out[tp.key] = None
-    return out
+    return read_optional_formats(TRACEPOINTS, tracefs_root)
 
 
 def _field_ok(fmt: TracepointFormat, name: str, size: int) -> bool:

@@ -88,3 +88,21 @@ def test_missing_tracefs_is_reported_with_the_fix(monkeypatch, tmp_path):
     assert path is None and str(tmp_path) in how
     with pytest.raises(tracefs.TracefsError, match="mount -t tracefs"):
         tracefs.read_format("skb", "kfree_skb")
+
+
+def test_optional_formats_are_none_when_missing_and_refuse_when_unreadable(tmp_path):
+    from types import SimpleNamespace
+
+    from otel_kernelnet.probes.base import ProbeUnavailable, read_optional_formats
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "tracefs" / "net.netif_rx.6.18.format"
+    d = tmp_path / "events" / "net" / "netif_rx"
+    d.mkdir(parents=True)
+    (d / "format").write_text(fixture.read_text())
+    tps = [SimpleNamespace(key="RX", category="net", name="netif_rx"),
+           SimpleNamespace(key="GRO", category="net", name="napi_gro_receive_entry")]
+    got = read_optional_formats(tps, str(tmp_path))
+    assert got["GRO"] is None and got["RX"].fields["skbaddr"].offset == 8
+    (d / "format").unlink()
+    (d / "format").mkdir()  # present but unreadable as a file: not "missing"
+    with pytest.raises(ProbeUnavailable, match="cannot read"):
+        read_optional_formats(tps, str(tmp_path))
