@@ -198,42 +198,25 @@ class Collector:
 
     _final_histograms: list | None = None
 
+    def _from_families(self, method: str) -> list:
+        """What every family that has ``method`` returns, in family order."""
+        return [getattr(fam, method)() for fam in self.probes if hasattr(fam, method)]
+
     def metric_histograms(self) -> list:
         """The families' kernel-side histograms (the last reading once detached)."""
         if self._final_histograms is not None:
             return self._final_histograms
-        out: list = []
-        for fam in self.probes:
-            get = getattr(fam, "metric_histograms", None)
-            if get is not None:
-                out.extend(get())
-        return out
-
-    def app_stats(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        if self.receiver is not None:
-            out["ingest"] = self.receiver.ingest.stats.as_dict()
-        if self.forwarder is not None:
-            out["forward"] = self.forwarder.stats.as_dict()
-        if self.join is not None:
-            out["join"] = self.join.stats.as_dict()
-        return out
+        return [p for points in self._from_families("metric_histograms") for p in points]
 
     def zone_gauges(self) -> list:
-        out: list = []
-        for fam in self.probes:
-            get = getattr(fam, "gauges", None)
-            if get is not None:
-                out.extend(get())
-        return out
+        return [z for zones in self._from_families("gauges") for z in zones]
 
     def netns_counter_values(self) -> dict:
-        out: dict = {}
-        for fam in self.probes:
-            latest = getattr(fam, "latest", None)
-            if latest is not None:
-                out.update(latest())
-        return out
+        return {k: v for latest in self._from_families("latest") for k, v in latest.items()}
+
+    def app_stats(self) -> dict[str, dict[str, int]]:
+        parts = {"ingest": self.receiver and self.receiver.ingest, "forward": self.forwarder, "join": self.join}
+        return {name: part.stats.as_dict() for name, part in parts.items() if part is not None}
 
     def pipeline_stats(self) -> dict[str, int]:
         pl = self.pipeline

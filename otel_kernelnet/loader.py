@@ -149,6 +149,7 @@ PROG_INFO_SIZE = 232
 PROG_INFO_RECURSION_MISSES = 208
 _NR_BPF = {"x86_64": 321, "aarch64": 280}
 _BPF_OBJ_GET_INFO_BY_FD = 15
+_libc: list = [None]  # loaded on first use
 
 
 def prog_info_u64(fd: int, offset: int) -> int:
@@ -163,8 +164,9 @@ def prog_info_u64(fd: int, offset: int) -> int:
     ctypes.memmove(attr, ctypes.byref(ctypes.c_uint32(fd)), 4)
     ctypes.memmove(ctypes.byref(attr, 4), ctypes.byref(ctypes.c_uint32(PROG_INFO_SIZE)), 4)
     ctypes.memmove(ctypes.byref(attr, 8), ctypes.byref(ctypes.c_uint64(ctypes.addressof(info))), 8)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(nr, _BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+    if _libc[0] is None:
+        _libc[0] = ctypes.CDLL(None, use_errno=True)
+    if _libc[0].syscall(nr, _BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
         return 0
     got = ctypes.c_uint32.from_buffer(attr, 4).value  # the kernel writes back the size it filled
     if got < offset + 8:
@@ -264,7 +266,7 @@ class Loader:
         program's attached functions, from BPF_OBJ_GET_INFO_BY_FD. 0 where unknown."""
         total = 0
         for _tp, fn in prog.attached:
-            f = prog.bpf.funcs.get(fn.encode()) or prog.bpf.funcs.get(fn)
+            f = prog.bpf.funcs.get(fn.encode())  # bcc keys its loaded functions by bytes
             if f is not None:
                 total += prog_info_u64(f.fd, PROG_INFO_RECURSION_MISSES)
         return total

@@ -46,6 +46,40 @@ static __always_inline int kn_rate_ok(u64 now)
 	return 1;
 }
 
+/* read one tracepoint field (at an offset from its format file) into dst, exactly
+ * dst's size: plan() checked the field has that size */
+#define KN_RD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), ctx + (off))
+
+/* BTF offsets the shared helpers read through (-1: unknown; the helpers return 0) */
+#ifndef KN_OFF_NET_NS_INUM
+#define KN_OFF_NET_NS_INUM -1
+#endif
+#ifndef KN_OFF_SK_NET
+#define KN_OFF_SK_NET -1
+#endif
+
+/* network namespace inode of a struct net (0: unknown) */
+static __always_inline u32 kn_net_inum(void *net)
+{
+	u32 ns = 0;
+#if KN_OFF_NET_NS_INUM >= 0
+	if (net)
+		bpf_probe_read_kernel(&ns, sizeof(ns), net + KN_OFF_NET_NS_INUM);
+#endif
+	return ns;
+}
+
+/* network namespace inode of a struct sock (0: unknown or no socket) */
+static __always_inline u32 kn_sk_netns(void *sk)
+{
+	void *net = NULL;
+#if KN_OFF_SK_NET >= 0
+	if (sk)
+		bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
+#endif
+	return kn_net_inum(net);
+}
+
 #ifndef KN_SCOPE_NETNS
 #define KN_SCOPE_NETNS 0
 #endif

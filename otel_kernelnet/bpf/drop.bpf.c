@@ -49,30 +49,16 @@
 #ifndef KN_OFF_DEV_ND_NET
 #define KN_OFF_DEV_ND_NET -1
 #endif
-#ifndef KN_OFF_NET_NS_INUM
-#define KN_OFF_NET_NS_INUM -1
-#endif
 #ifndef KN_OFF_SK_COOKIE
 #define KN_OFF_SK_COOKIE -1
 #endif
 #ifndef KN_OFF_SKB_SK
 #define KN_OFF_SKB_SK -1
 #endif
-#ifndef KN_OFF_SK_NET
-#define KN_OFF_SK_NET -1
-#endif
 
 BPF_RINGBUF_OUTPUT(kn_drop_events, KN_RINGBUF_PAGES);
 #define KN_STATS_MAX KN_STAT_MAX
 #include "common.bcc.h"
-
-static __always_inline void kn_read_netns_of_net(void *net, u32 *out)
-{
-#if KN_OFF_NET_NS_INUM >= 0
-	if (net)
-		bpf_probe_read_kernel(out, sizeof(*out), net + KN_OFF_NET_NS_INUM);
-#endif
-}
 
 static __always_inline void kn_parse_packet(struct kn_drop_event *e, void *skb)
 {
@@ -114,23 +100,21 @@ static __always_inline void kn_parse_packet(struct kn_drop_event *e, void *skb)
 #endif
 }
 
-#if KN_SCOPE_NETNS
-/* the drop's network namespace, read before any other work so that events of other
- * namespaces cost nothing more: the device's, else the receiving/owning socket's */
-static __always_inline u32 kn_drop_netns(void *ctx)
+/* the drop's network namespace, read before any other work so that a scoped collector
+ * spends nothing more on other namespaces: the device's, else the receiving (rx_sk) or
+ * owning (skb->sk) socket's */
+static __always_inline u32 kn_drop_netns(void *ctx, void *skb)
 {
 	u32 ns = 0;
-	void *skb = (void *)*(u64 *)(ctx + KN_TP_SKBADDR);
 #if KN_OFF_SKB_DEV >= 0
 	void *dev = NULL, *net = NULL;
 	bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
 	if (dev)
 		bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
-	kn_read_netns_of_net(net, &ns);
+	ns = kn_net_inum(net);
 #endif
-#if KN_OFF_SK_NET >= 0
 	if (!ns) {
-		void *sk = NULL, *snet = NULL;
+		void *sk = NULL;
 #if KN_TP_RX_SK >= 0
 		sk = (void *)*(u64 *)(ctx + KN_TP_RX_SK);
 #endif
@@ -138,22 +122,17 @@ static __always_inline u32 kn_drop_netns(void *ctx)
 		if (!sk)
 			bpf_probe_read_kernel(&sk, sizeof(sk), skb + KN_OFF_SKB_SK);
 #endif
-		if (sk)
-			bpf_probe_read_kernel(&snet, sizeof(snet), sk + KN_OFF_SK_NET);
-		kn_read_netns_of_net(snet, &ns);
+		ns = kn_sk_netns(sk);
 	}
-#endif
 	return ns;
 }
-#endif
 
 int kn_on_kfree_skb(void *ctx)
 {
 	kn_count(KN_STAT_SEEN);
-#if KN_SCOPE_NETNS
-	if (!kn_in_scope(kn_drop_netns(ctx)))
+	u32 netns = kn_drop_netns(ctx, (void *)*(u64 *)(ctx + KN_TP_SKBADDR));
+	if (!kn_in_scope(netns))
 		return 0;
-#endif
 	u64 now = bpf_ktime_get_ns();
 	if (!kn_rate_ok(now)) {
 		kn_count(KN_STAT_RATE_CAPPED);
@@ -166,6 +145,7 @@ int kn_on_kfree_skb(void *ctx)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = now;
+	e->netns = netns;
 	e->skbaddr = *(u64 *)(ctx + KN_TP_SKBADDR);
 	e->location = *(u64 *)(ctx + KN_TP_LOCATION);
 	e->protocol = *(u16 *)(ctx + KN_TP_PROTOCOL);
@@ -189,9 +169,6 @@ int kn_on_kfree_skb(void *ctx)
 		e->flags |= KN_DROP_F_DEV;
 		bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), dev + KN_OFF_DEV_IFINDEX);
 		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev + KN_OFF_DEV_NAME);
-		void *net = NULL;
-		bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
-		kn_read_netns_of_net(net, &e->netns);
 	}
 #endif
 	void *sk = NULL;
@@ -211,13 +188,6 @@ int kn_on_kfree_skb(void *ctx)
 	if (sk) {
 #if KN_OFF_SK_COOKIE >= 0
 		bpf_probe_read_kernel(&e->sk_cookie, sizeof(e->sk_cookie), sk + KN_OFF_SK_COOKIE);
-#endif
-#if KN_OFF_SK_NET >= 0
-		if (!e->netns) {
-			void *net = NULL;
-			bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
-			kn_read_netns_of_net(net, &e->netns);
-		}
 #endif
 	}
 	kn_parse_packet(e, skb);

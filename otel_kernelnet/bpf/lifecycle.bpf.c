@@ -71,9 +71,6 @@
 #ifndef KN_OFF_DEV_ND_NET
 #define KN_OFF_DEV_ND_NET -1
 #endif
-#ifndef KN_OFF_NET_NS_INUM
-#define KN_OFF_NET_NS_INUM -1
-#endif
 #ifndef KN_OFF_SKB_LEN
 #define KN_OFF_SKB_LEN -1
 #endif
@@ -103,8 +100,6 @@ BPF_PERCPU_ARRAY(kn_life_hist, u64, KN_LIFE_H_STAGES * KN_LIFE_H_BUCKETS);
 BPF_PERCPU_ARRAY(kn_life_hist_sum, u64, KN_LIFE_H_STAGES);  /* ns, for the histograms' sums */
 BPF_PERCPU_ARRAY(kn_life_sample, u64, 1);
 
-/* read one tracepoint field of exactly the destination's size */
-#define KN_RD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), ctx + (off))
 
 /* floor(log2(v)) for v >= 1, branch-free (the verifier needs no loop) */
 static __always_inline u32 kn_log2(u64 v)
@@ -138,15 +133,14 @@ static __always_inline void kn_hist(int stage, u64 from, u64 to)
 /* network namespace inode and device of an skb (0 / "" when BTF lacks them) */
 static __always_inline void kn_read_dev(struct kn_life_event *s, void *skb)
 {
-#if KN_OFF_SKB_DEV >= 0 && KN_OFF_DEV_ND_NET >= 0 && KN_OFF_NET_NS_INUM >= 0
+#if KN_OFF_SKB_DEV >= 0 && KN_OFF_DEV_ND_NET >= 0
 	void *dev = NULL;
 	bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
 	if (!dev)
 		return;
 	void *net = NULL;
 	bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
-	if (net)
-		bpf_probe_read_kernel(&s->netns, sizeof(s->netns), net + KN_OFF_NET_NS_INUM);
+	s->netns = kn_net_inum(net);
 #if KN_OFF_DEV_IFINDEX >= 0 && KN_OFF_DEV_NAME >= 0
 	bpf_probe_read_kernel(&s->ifindex, sizeof(s->ifindex), dev + KN_OFF_DEV_IFINDEX);
 	bpf_probe_read_kernel(s->ifname, sizeof(s->ifname), dev + KN_OFF_DEV_NAME);
@@ -173,38 +167,24 @@ static __always_inline int kn_arrival(void *ctx, u64 skb, u8 tp)
 	return 0;
 }
 
-int kn_on_netif_rx(void *ctx)
-{
-	u64 skb = 0;
-	KN_RD(skb, KN_TP_RX_SKBADDR);
-	return kn_arrival(ctx, skb, KN_LIFE_A_NETIF_RX);
+/* one program per arrival tracepoint: they differ only in the skbaddr offset and the tag */
+#define KN_ARRIVAL_PROG(fn, off, tp)			\
+int fn(void *ctx)					\
+{							\
+	u64 skb = 0;					\
+	KN_RD(skb, off);				\
+	return kn_arrival(ctx, skb, tp);		\
 }
 
+KN_ARRIVAL_PROG(kn_on_netif_rx, KN_TP_RX_SKBADDR, KN_LIFE_A_NETIF_RX)
 #if KN_HAVE_GRO
-int kn_on_gro_entry(void *ctx)
-{
-	u64 skb = 0;
-	KN_RD(skb, KN_TP_GRO_SKBADDR);
-	return kn_arrival(ctx, skb, KN_LIFE_A_GRO);
-}
+KN_ARRIVAL_PROG(kn_on_gro_entry, KN_TP_GRO_SKBADDR, KN_LIFE_A_GRO)
 #endif
-
 #if KN_HAVE_RCV_ENTRY
-int kn_on_rcv_entry(void *ctx)
-{
-	u64 skb = 0;
-	KN_RD(skb, KN_TP_RCV_ENTRY_SKBADDR);
-	return kn_arrival(ctx, skb, KN_LIFE_A_RECEIVE_ENTRY);
-}
+KN_ARRIVAL_PROG(kn_on_rcv_entry, KN_TP_RCV_ENTRY_SKBADDR, KN_LIFE_A_RECEIVE_ENTRY)
 #endif
-
 #if KN_HAVE_RCV_LIST_ENTRY
-int kn_on_rcv_list_entry(void *ctx)
-{
-	u64 skb = 0;
-	KN_RD(skb, KN_TP_RCV_LIST_ENTRY_SKBADDR);
-	return kn_arrival(ctx, skb, KN_LIFE_A_RECEIVE_ENTRY);
-}
+KN_ARRIVAL_PROG(kn_on_rcv_list_entry, KN_TP_RCV_LIST_ENTRY_SKBADDR, KN_LIFE_A_RECEIVE_ENTRY)
 #endif
 
 /* addresses and ports from the L3 header at skb->data (netif_receive_skb runs after

@@ -33,12 +33,6 @@
 #ifndef KN_OFF_SK_COOKIE
 #define KN_OFF_SK_COOKIE -1
 #endif
-#ifndef KN_OFF_SK_NET
-#define KN_OFF_SK_NET -1
-#endif
-#ifndef KN_OFF_NET_NS_INUM
-#define KN_OFF_NET_NS_INUM -1
-#endif
 #ifndef KN_OFF_SKB_DEV
 #define KN_OFF_SKB_DEV -1
 #endif
@@ -61,29 +55,6 @@ BPF_RINGBUF_OUTPUT(kn_tcp_events, KN_RINGBUF_PAGES);
 /* skaddr -> bpf_ktime_get_ns() when the socket entered SYN_SENT */
 BPF_TABLE("lru_hash", u64, u64, kn_tcp_connecting, KN_CONNECT_PENDING);
 
-/* read one tracepoint field of exactly the destination's size (plan() checked sizes) */
-#define KN_RD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), ctx + (off))
-
-static __always_inline void kn_netns_of_net(void *net, u32 *out)
-{
-#if KN_OFF_NET_NS_INUM >= 0
-	if (net)
-		bpf_probe_read_kernel(out, sizeof(*out), net + KN_OFF_NET_NS_INUM);
-#endif
-}
-
-/* network namespace inode of a socket (0: unknown or no socket) */
-static __always_inline u32 kn_sk_netns(void *sk)
-{
-	u32 ns = 0;
-#if KN_OFF_SK_NET >= 0
-	void *net = NULL;
-	if (sk)
-		bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
-	kn_netns_of_net(net, &ns);
-#endif
-	return ns;
-}
 
 /* scope (sidecar mode), rate cap, reserve, common fields; NULL when out of scope,
  * capped or the ring buffer is full. netns: the event's, 0 when unknown */
@@ -129,11 +100,8 @@ static __always_inline void kn_sock(struct kn_tcp_event *e, void *sk, int want_c
 	if (!e->sk_cookie)
 		bpf_probe_read_kernel(&e->sk_cookie, sizeof(e->sk_cookie), sk + KN_OFF_SK_COOKIE);
 #endif
-#if KN_OFF_SK_NET >= 0
-	void *net = NULL;
-	bpf_probe_read_kernel(&net, sizeof(net), sk + KN_OFF_SK_NET);
-	kn_netns_of_net(net, &e->netns);
-#endif
+	if (!e->netns)  /* kn_begin() had it from the same socket, unless it had none */
+		e->netns = kn_sk_netns(sk);
 #if KN_OFF_CA_STATE >= 0
 	if (want_ca) {
 		u8 b = 0;
@@ -216,7 +184,7 @@ int kn_tcp_on_send_reset(void *ctx)
 			bpf_probe_read_kernel(&dev, sizeof(dev), skb + KN_OFF_SKB_DEV);
 		if (dev)
 			bpf_probe_read_kernel(&net, sizeof(net), dev + KN_OFF_DEV_ND_NET);
-		kn_netns_of_net(net, &netns);
+		netns = kn_net_inum(net);
 	}
 #endif
 	struct kn_tcp_event *e = kn_begin(KN_TCP_EV_RESET_SENT, bpf_ktime_get_ns(), netns);

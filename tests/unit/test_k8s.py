@@ -238,7 +238,7 @@ def test_own_scope_reads_self():
 @pytest.mark.parametrize("mode,own,pods,ok,needle", [
     ("node", OwnScope(1, "/", None, True), None, True, "node: every network namespace"),
     ("node", OwnScope(1, "/", None, False), None, True, "not in the host's network namespace"),
-    ("sidecar", OwnScope(4026532001, "/x", UID1, False), None, True, f"only network namespace 4026532001 (this process's) and cgroup /x (pod {UID1})"),
+    ("sidecar", OwnScope(4026532001, "/x", UID1, False), None, True, f"only network namespace 4026532001 (this process's); softirq/reclaim spans still cover the node (own cgroup /x) (pod {UID1})"),
     ("sidecar", OwnScope(1, "/", None, True), None, False, "the host's network namespace"),
     ("daemonset", OwnScope(1, "/", None, True), 3, True, "attributed to pods of node node-1 (3 pods on disk now)"),
     ("daemonset", OwnScope(1, "/", None, True), 0, False, "no pod found"),
