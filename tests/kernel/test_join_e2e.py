@@ -39,7 +39,6 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Netns, sh, stop_by_stdin
-from tests.support.fixtures import otlp_sink, rotel_relay  # noqa: F401
 
 INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
 

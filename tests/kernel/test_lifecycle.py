@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.kernel.conftest import CLI, ROOT, read_store, stop_by_stdin

@@ -17,12 +17,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import uuid
 
 import pytest
 
-from tests.kernel.conftest import Netns, sh, stop_by_stdin, wait_for_store
+from tests.kernel.conftest import stop_by_stdin, wait_for_store
 
 TARGET_CPU = 1
 # spans are emitted above this wait (the probe's threshold in this test); how long the
@@ -92,20 +90,11 @@ print(n, flush=True)
 
 
 @pytest.fixture
-def veth_pair():
-    a, b = Netns(f"kn-{uuid.uuid4().hex[:10]}"), Netns(f"kn-{uuid.uuid4().hex[:10]}")
-    try:
-        sh("ip", "link", "add", "kna0", "netns", a.name, "type", "veth", "peer", "name", "knb0", "netns", b.name)
-        a.exec("ip", "addr", "add", "10.77.0.1/24", "dev", "kna0")
-        b.exec("ip", "addr", "add", "10.77.0.2/24", "dev", "knb0")
-        a.exec("ip", "link", "set", "kna0", "up")
-        b.exec("ip", "link", "set", "knb0", "up")
-        # RPS: every packet knb0 receives is processed on TARGET_CPU
-        b.exec("sh", "-c", f"echo {1 << TARGET_CPU:x} > /sys/class/net/knb0/queues/rx-0/rps_cpus")
-        yield a, b
-    finally:
-        a.delete()
-        b.delete()
+def veth_pair(veth):
+    """conftest's veth pair (10.77.0.1 <-> 10.77.0.2), with RPS steering every packet the
+    b side receives to TARGET_CPU."""
+    veth.b.exec("sh", "-c", f"echo {1 << TARGET_CPU:x} > /sys/class/net/{veth.dev_b}/queues/rx-0/rps_cpus")
+    return veth.a, veth.b
 
 
 def _popen(cmd: list[str], stdin=None) -> subprocess.Popen:

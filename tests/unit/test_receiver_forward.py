@@ -16,7 +16,6 @@ from otel_kernelnet.export.forward import (
     Forwarder, GrpcTarget, HttpTarget, Permanent, Retryable, StoreTarget, request_json_line,
 )
 from otel_kernelnet.export.sinks import JsonLinesSink
-from tests.support.fixtures import otlp_sink  # noqa: F401
 from tests.unit.test_receiver import span_request
 
 
