@@ -37,9 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--service", metavar="NAME", help="only this application service")
     d.add_argument("--json", action="store_true", help="one JSON object (the diagnose contract)")
 
-    lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine")
-    lab.add_argument("scenario", metavar="SCENARIO")
-    lab.add_argument("--output", metavar="DIR")
+    lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine (needs root)",
+                         description="Reproduce an incident of CASES.md in network namespaces, diagnose it, "
+                                     "remove everything. Exit 0 only when the expected cause comes first.")
+    from .lab import SCENARIOS
+    lab.add_argument("scenario", metavar="SCENARIO", help="one of: " + ", ".join(SCENARIOS))
+    lab.add_argument("--output", metavar="DIR", help="new or empty directory for the run's OTLP JSON Lines "
+                     "(default: a fresh temporary directory, printed)")
     return p
 
 
@@ -73,7 +77,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    return _fail(f"lab scenario {args.scenario!r}: the lab is not built yet (issue: the lab)")
+    from .lab import SCENARIOS, scenario
+    from .lab.env import LabError
+    from .lab.runner import run_scenario
+    if args.scenario not in SCENARIOS:
+        return _fail(f"unknown lab scenario {args.scenario!r}; known: {', '.join(SCENARIOS)}")
+    s = scenario(args.scenario)
+    if not s.replay and os.geteuid() != 0:
+        return _fail("the lab needs root (network namespaces, BPF): run it with sudo")
+    try:
+        return run_scenario(s, args.output)
+    except LabError as e:
+        return _fail(f"lab {args.scenario}: {e}", 1)
+    except KeyboardInterrupt:
+        print("otel-kernelnet lab: interrupted; everything the run created was removed", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

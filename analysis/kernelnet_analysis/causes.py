@@ -325,7 +325,10 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
     loss_conf = (pl.when(nonsyn > 0).then(pl.col("rtx_strength") * (0.3 + 0.65 * loss_share))
                  .otherwise(pl.col("rtx_strength") * 0.55 * pl.when(listen_seen).then(0.5).otherwise(1.0))
                  * pl.when(pl.col("explained_drops") > 0).then(0.6).otherwise(1.0)
-                 * pl.when(ct_rst).then(0.6).otherwise(1.0))
+                 * pl.when(ct_rst).then(0.6).otherwise(1.0)
+                 # a full accept queue also drops the handshake's last ACK: the client thinks it
+                 # is connected and its first data goes out again on timeout (not path loss)
+                 * pl.when(listen_seen & (nonsyn > 0)).then(0.6).otherwise(1.0))
     out.append(_best_rows(rtx, pl.lit("loss_retransmit"), loss_conf, rtx_ev))
 
     # --- resets --------------------------------------------------------------------------------

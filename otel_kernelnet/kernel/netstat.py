@@ -223,12 +223,15 @@ def parse_diag(buf: bytes) -> tuple[list[Listener], bool]:
 def pick_listeners(listeners: list[Listener]) -> list[Listener]:
     """The listeners whose accept queue is full (rqueue >= wqueue), else the fullest one(s).
 
-    A listener with an empty queue is never blamed (nothing points at it)."""
+    When every queue has drained by the time of the sample (a burst shorter than the
+    sampling interval), the namespace's only TCP listener is blamed: the counter is
+    per namespace, so it cannot be anyone else's. Among several listeners with empty
+    queues none is blamed (nothing points at one)."""
     full = [li for li in listeners if li.wqueue > 0 and li.rqueue >= li.wqueue]
     if full:
         return sorted(full, key=lambda li: (-li.rqueue, li.port))
     busy = [li for li in listeners if li.rqueue > 0]
     if not busy:
-        return []
+        return list(listeners) if len(listeners) == 1 else []
     top = max(li.rqueue / max(li.wqueue, 1) for li in busy)
     return sorted((li for li in busy if li.rqueue / max(li.wqueue, 1) == top), key=lambda li: li.port)

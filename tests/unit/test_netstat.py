@@ -148,11 +148,13 @@ def _li(port, rq, wq):
     return Listener(2, "0.0.0.0", port, 10, rq, wq, port, 0)
 
 
-def test_pick_listeners_full_first_else_fullest_never_empty():
+def test_pick_listeners_full_first_else_fullest_else_the_only_one():
     a, b, c = _li(1, 3, 2), _li(2, 2, 2), _li(3, 1, 128)
     assert netstat.pick_listeners([c, b, a]) == [a, b]
     assert netstat.pick_listeners([c, _li(4, 5, 10), _li(5, 1, 2)]) == [_li(4, 5, 10), _li(5, 1, 2)]
-    assert netstat.pick_listeners([_li(6, 0, 128)]) == []
+    assert netstat.pick_listeners([_li(6, 0, 128), _li(7, 0, 128)]) == []
+    # a burst drained before the sample: the namespace's only listener is the one
+    assert netstat.pick_listeners([_li(6, 0, 128)]) == [_li(6, 0, 128)]
 
 
 # --- span mapping -------------------------------------------------------------------------------
