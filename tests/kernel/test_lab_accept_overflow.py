@@ -23,3 +23,54 @@ def test_accept_overflow_is_diagnosed_as_listen_overflow(tmp_path):
     # the exported SYN retransmits match the kernel's count exactly: nothing lost
     syn = next(r for r in rows if "TCPSynRetrans" in r).split()
     assert int(syn[-3]) == int(syn[-2]) > 0
+
+
+def test_ctrl_c_mid_run_removes_everything(tmp_path):
+    """SIGINT while the app runs: exit 130, and no namespace, process or BPF program of the run is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.kernel.lab_util import ROOT, lab_leftovers
+
+    out = tmp_path / "run"
+    before = set(lab_leftovers())
+    p = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.cli", "lab", "accept-overflow", "--output", str(out)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         stdin=subprocess.DEVNULL)
+    seen = []
+    try:
+        deadline = time.monotonic() + 90
+        for line in p.stdout:
+            seen.append(line)
+            if "baseline:" in line or time.monotonic() > deadline:
+                break
+        assert any("baseline:" in x for x in seen), "".join(seen)
+        children = _children(p.pid)
+        assert children, "the lab started no processes?"
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    text = "".join(seen) + rest
+    assert p.returncode == 130, text
+    assert "everything the run created was removed" in text
+    assert set(lab_leftovers()) - before == set()
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+    assert not alive, f"processes of the run still alive: {alive}"
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid (from /proc/PID/task/*/children)."""
+    import glob
+    out = []
+    for f in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            out += [int(x) for x in open(f).read().split()]
+        except OSError:
+            pass
+    return out
