@@ -179,6 +179,7 @@ def read_store(directory: Path) -> list[dict]:
                 for ss in rs["scopeSpans"]:
                     for s in ss["spans"]:
                         out.append({"name": s["name"], "trace_id": s["traceId"], "span_id": s["spanId"],
+                                    "parent_span_id": s.get("parentSpanId", ""),
                                     "attributes": {kv["key"]: _val(kv["value"]) for kv in s.get("attributes", [])},
                                     "status": s.get("status", {}), "start": int(s["startTimeUnixNano"]),
                                     "end": int(s["endTimeUnixNano"]), "resource": res,
