@@ -41,7 +41,9 @@ def _tracing(service: str, endpoint: str):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from otel_kernelnet.instrumentation import KernelnetInstrumentor
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # process.pid as OTel's process resource detector sets it: diagnose ties a reclaim stall
+    # of this process to its spans by it (the "task" match)
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "process.pid": os.getpid()}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5),
                                                    schedule_delay_millis=100, max_export_batch_size=256))
     trace.set_tracer_provider(provider)

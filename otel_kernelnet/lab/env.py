@@ -251,24 +251,40 @@ class Lab:
         """Write a kernel knob (e.g. rps_cpus) of an object that goes away with the lab."""
         Path(path).write_text(value)
 
+    #: cgroup v2 memory files -> their cgroup v1 names (hybrid machines)
+    V1_FILES = {"memory.max": "memory.limit_in_bytes"}
+
     def cgroup(self, name: str, **limits: str) -> Path:
-        """A cgroup v2 child of the root for this run (e.g. memory_max="64M")."""
-        base = Path("/sys/fs/cgroup")
-        if not (base / "cgroup.controllers").exists():
-            raise LabError("cgroup v2 is not mounted at /sys/fs/cgroup")
-        ctl = set((base / "cgroup.subtree_control").read_text().split())
-        if "memory" not in ctl:
-            (base / "cgroup.subtree_control").write_text("+memory")
+        """A memory cgroup child of the root for this run (e.g. memory_max="64M"): in the
+        cgroup v2 hierarchy when it has the memory controller, else (hybrid machines) in the
+        v1 memory hierarchy, where memory_max is written to memory.limit_in_bytes."""
+        from ..kernel import cgroups
+        setup = cgroups.detect()
+        if setup.root is None:
+            raise LabError(f"no cgroup hierarchy with the memory controller: {setup.note}")
+        base = Path(setup.root)
+        v1 = setup.mode == 1
+        if not v1:
+            ctl = set((base / "cgroup.subtree_control").read_text().split())
+            if "memory" not in ctl:
+                (base / "cgroup.subtree_control").write_text("+memory")
         cg = base / f"kn-lab-{self.tag}-{name}"
         cg.mkdir()
 
         def remove() -> None:
             for pid in (cg / "cgroup.procs").read_text().split():
                 (base / "cgroup.procs").write_text(pid)  # a straggler goes back to the root
+            for _ in range(30):  # an exited task can take a moment to leave
+                try:
+                    cg.rmdir()
+                    return
+                except OSError:
+                    time.sleep(0.1)
             cg.rmdir()
         self.defer(f"cgroup {cg}", remove)
         for k, v in limits.items():
-            (cg / k.replace("_", ".")).write_text(str(v))
+            f = k.replace("_", ".")
+            (cg / (self.V1_FILES.get(f, f) if v1 else f)).write_text(str(v))
         return cg
 
 
