@@ -90,6 +90,17 @@ class Collector:
                                  max_files=self.cfg["output.max_files"]), None
         return OtlpSink(target, res, scope, timeout_s=self.cfg["export.otlp.timeout_s"]), target
 
+    def open_export(self) -> tuple[dict[str, Any], Any, Any]:
+        """The export side, without any probe: resource, sink (target None: the embedded
+        store) and ``self.pipeline``. ``run()`` uses it; so does the lab's pfmemalloc replay,
+        which feeds recorded kernel records through the families into the same pipeline."""
+        res = resource.build(self.cfg["resource.attributes"])
+        sink, target = self._make_sink(res)
+        self.pipeline = ExportPipeline(sink, max_queue=self.cfg["export.queue_spans"],
+                                       max_batch=self.cfg["export.batch_spans"],
+                                       max_delay_s=self.cfg["export.batch_delay_ms"] / 1000)
+        return res, sink, target
+
     pods: Any = None  # k8s.PodResolver in daemonset mode
 
     def _emit(self, span: KernelSpan) -> None:
@@ -281,12 +292,8 @@ class Collector:
         if ks_note != "ok":
             self.say(f"degraded: kernel addresses shown in hex ({ks_note})")
 
-        res = resource.build(self.cfg["resource.attributes"])
-        sink, target = self._make_sink(res)
+        res, sink, target = self.open_export()
         embedded = target is None
-        self.pipeline = ExportPipeline(sink, max_queue=self.cfg["export.queue_spans"],
-                                       max_batch=self.cfg["export.batch_spans"],
-                                       max_delay_s=self.cfg["export.batch_delay_ms"] / 1000)
         if embedded:
             self.say(f"no OTLP endpoint configured: writing {sink.description} "
                      "(read it with `otel-kernelnet diagnose` or any OTLP JSON reader)")
