@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--service", metavar="NAME", help="only this application service")
     d.add_argument("--json", action="store_true", help="one JSON object (the diagnose contract)")
 
-    lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine (needs root)",
+    lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine (root; pfmemalloc is a replay without)",
                          description="Reproduce an incident of CASES.md in network namespaces, diagnose it, "
                                      "remove everything. Exit 0 only when the expected cause comes first.")
     from .lab import SCENARIOS
