@@ -9,6 +9,7 @@ names this run gave them: nothing that existed before is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 ROOT_NETNS = "/proc/1/ns/net"
 
@@ -174,19 +175,37 @@ class Lab:
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Lab":
+        self._atomic_depth, self._deferred_signal = 0, False
+
         def interrupted(signum, frame):
+            if self._atomic_depth:  # creating something and registering its undo: finish first
+                self._deferred_signal = True
+                return
             raise KeyboardInterrupt
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, interrupted)
         return self
 
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Create a resource and register its undo without a signal in between: Ctrl-C or
+        SIGTERM arriving meanwhile is acted on right after the block (never lost)."""
+        self._atomic_depth = getattr(self, "_atomic_depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._atomic_depth -= 1
+        if self._atomic_depth == 0 and getattr(self, "_deferred_signal", False):
+            self._deferred_signal = False
+            raise KeyboardInterrupt
+
     def __exit__(self, *exc) -> None:
-        # a second Ctrl-C during clean-up must not leave half the topology behind
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a second Ctrl-C (or SIGTERM) during clean-up must not leave half the topology behind
+        for sig in self._old_handlers:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             self.cleanup()
         finally:
-            signal.signal(signal.SIGINT, old_int)
             for sig, h in self._old_handlers.items():
                 signal.signal(sig, h)
 
@@ -206,8 +225,9 @@ class Lab:
     # --- builders --------------------------------------------------------------------------
     def netns(self, role: str) -> Netns:
         name = f"kn-lab-{self.tag}-{role}"
-        _run(["ip", "netns", "add", name])
-        self.defer(f"network namespace {name}", lambda: _run(["ip", "netns", "del", name]))
+        with self.atomic():
+            _run(["ip", "netns", "add", name])
+            self.defer(f"network namespace {name}", lambda: _run(["ip", "netns", "del", name]))
         ns = Netns(self, name)
         ns.run("ip", "link", "set", "lo", "up")
         # no IPv6: no neighbour discovery or router solicitations mixed into the run
@@ -231,21 +251,23 @@ class Lab:
         log = self.logdir / f"{name}.log"
         logf = open(log, "w")
         full = netns.cmd(*cmd) if netns is not None else cmd
-        try:
-            p = subprocess.Popen(full, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=logf, env={**os.environ, **(env or {})})
-        finally:
-            logf.close()
-        proc = Proc(name, p, log)
-        self.defer(f"process {name} (pid {p.pid})", proc.stop)
+        with self.atomic():
+            try:
+                p = subprocess.Popen(full, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=logf, env={**os.environ, **(env or {})})
+            finally:
+                logf.close()
+            proc = Proc(name, p, log)
+            self.defer(f"process {name} (pid {p.pid})", proc.stop)
         return proc
 
     def sysctl(self, key: str, value) -> None:
         """Set a node-wide sysctl for the run; the old value comes back on clean-up."""
         path = Path("/proc/sys") / key.replace(".", "/")
         old = path.read_text().strip()
-        path.write_text(str(value))
-        self.defer(f"sysctl {key}={old}", lambda: path.write_text(old))
+        with self.atomic():
+            path.write_text(str(value))
+            self.defer(f"sysctl {key}={old}", lambda: path.write_text(old))
 
     def write(self, path: str | Path, value: str) -> None:
         """Write a kernel knob (e.g. rps_cpus) of an object that goes away with the lab."""
@@ -269,7 +291,6 @@ class Lab:
             if "memory" not in ctl:
                 (base / "cgroup.subtree_control").write_text("+memory")
         cg = base / f"kn-lab-{self.tag}-{name}"
-        cg.mkdir()
 
         def remove() -> None:
             for pid in (cg / "cgroup.procs").read_text().split():
@@ -281,7 +302,9 @@ class Lab:
                 except OSError:
                     time.sleep(0.1)
             cg.rmdir()
-        self.defer(f"cgroup {cg}", remove)
+        with self.atomic():
+            cg.mkdir()
+            self.defer(f"cgroup {cg}", remove)
         for k, v in limits.items():
             f = k.replace("_", ".")
             (cg / (self.V1_FILES.get(f, f) if v1 else f)).write_text(str(v))

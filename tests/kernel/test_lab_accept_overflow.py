@@ -60,8 +60,29 @@ def test_ctrl_c_mid_run_removes_everything(tmp_path):
     assert p.returncode == 130, text
     assert "everything the run created was removed" in text
     assert set(lab_leftovers()) - before == set()
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
-    assert not alive, f"processes of the run still alive: {alive}"
+    # a helper the lab was waiting on when the signal came (e.g. `ip netns exec ... cat`)
+    # is killed but may be reaped by init only after the lab exits: allow a moment
+    deadline = time.monotonic() + 5
+    while (alive := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes of the run still alive: {[(pid, _cmdline(pid)) for pid in alive]}"
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def _children(pid: int) -> list[int]:

@@ -113,3 +113,15 @@ def test_lab_help_lists_the_scenarios(capsys):
     out = capsys.readouterr().out
     for name in ("accept-overflow", "softirq-delay", "conntrack-rst", "reordering", "reclaim", "pfmemalloc"):
         assert name in out
+
+
+def test_a_signal_while_creating_waits_until_the_undo_is_registered(tmp_path):
+    """Ctrl-C between creating a resource and registering its removal must not leak it."""
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with Lab("t", tmp_path) as lb:
+            with lb.atomic():
+                os.kill(os.getpid(), signal.SIGINT)   # arrives "mid-creation"
+                lb.defer("resource", lambda: done.append("removed"))
+            pytest.fail("the deferred interrupt was lost")
+    assert done == ["removed"]
