@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from .env import Lab, Netns
-from .runner import Check, Context, Scenario
+from .runner import Check, Context, Scenario, counted
 
 SERVER_IP, CLIENT_IP, PORT = "10.88.0.1", "10.88.0.2", 8080
 BACKLOG = 4
@@ -63,14 +63,11 @@ class AcceptOverflow(Scenario):
 
     def checks(self, ctx: Context, spans: list[dict]) -> list[Check]:
         d = ctx.facts
-        counted = sum(s["attributes"].get("kernelnet.counter.delta", 0) for s in spans
-                      if s["attributes"].get("kernelnet.kind") == "counter"
-                      and s["attributes"].get("kernelnet.counter.name") == "TcpExtListenOverflows"
-                      and s["attributes"].get("kernelnet.netns") == d["srv_inode"])
+        overflows = counted(spans, "TcpExtListenOverflows", d["srv_inode"])
         syn = sum(1 for s in spans if s["attributes"].get("kernelnet.kind") == "tcp.retransmit"
                   and s["attributes"].get("kernelnet.tcp.retransmit.type") == "syn"
                   and s["attributes"].get("kernelnet.netns") == d["cli_inode"])
-        return [Check("server netns TcpExtListenOverflows delta vs counter spans", d["overflows"], counted),
+        return [Check("server netns TcpExtListenOverflows delta vs counter spans", d["overflows"], overflows),
                 Check("client netns TcpExtTCPSynRetrans delta vs SYN retransmit spans", d["syn_retrans"], syn)]
 
     def evidence_ok(self, cause: dict) -> list[str]:

@@ -46,7 +46,7 @@ import time
 
 from ..kernel.netstat import parse_conntrack_stat
 from .env import Lab, LabError, Netns
-from .runner import Check, Context, Scenario
+from .runner import Check, Context, Scenario, counted
 
 CLIENT_IP, ROUTER_C_IP = "10.89.1.2", "10.89.1.1"
 ROUTER_S_IP, SERVER_IP = "10.89.2.1", "10.89.2.2"
@@ -286,9 +286,7 @@ class ConntrackRst(Scenario):
     def checks(self, ctx: Context, spans: list[dict]) -> list[Check]:
         d = ctx.facts
         a = [s["attributes"] for s in spans]
-        invalid = sum(x.get("kernelnet.counter.delta", 0) for x in a
-                      if x.get("kernelnet.kind") == "counter" and x.get("kernelnet.counter.name") == "ConntrackInvalid"
-                      and x.get("kernelnet.netns") == d["rtr_inode"])
+        invalid = counted(spans, "ConntrackInvalid", d["rtr_inode"])
         rst = sum(1 for x in a if x.get("kernelnet.kind") == "tcp.reset.sent"
                   and x.get("kernelnet.netns") == d["cli_inode"])
         return [Check("router netns conntrack invalid delta vs counter spans", d["ct_invalid"], invalid),

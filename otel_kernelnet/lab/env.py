@@ -269,10 +269,6 @@ class Lab:
             path.write_text(str(value))
             self.defer(f"sysctl {key}={old}", lambda: path.write_text(old))
 
-    def write(self, path: str | Path, value: str) -> None:
-        """Write a kernel knob (e.g. rps_cpus) of an object that goes away with the lab."""
-        Path(path).write_text(value)
-
     #: cgroup v2 memory files -> their cgroup v1 names (hybrid machines)
     V1_FILES = {"memory.max": "memory.limit_in_bytes"}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .env import LabError, free_port
-from .runner import Check, Context, Scenario
+from .runner import Check, Context, Scenario, counted
 
 DATA = Path(__file__).parent / "data"
 HOST = "127.0.0.1"
@@ -401,8 +401,7 @@ class Pfmemalloc(Scenario):
         attrs = [s["attributes"] for s in spans]
         drops = [a for a in attrs if a.get(sc.KIND) == sc.KIND_DROP and a.get("kernelnet.drop.reason") == "PFMEMALLOC"]
         joined = [a for a in drops if a.get(sc.JOIN) == "cookie" and a.get(sc.COOKIE) in cookies]
-        counted = sum(a.get("kernelnet.counter.delta", 0) for a in attrs if a.get(sc.KIND) == sc.KIND_COUNTER
-                      and a.get("kernelnet.counter.name") == "TcpExtPFMemallocDrop")
+        pfm_counted = counted(spans, "TcpExtPFMemallocDrop")
         reclaims = sum(1 for a in attrs if a.get(sc.KIND) == sc.KIND_RECLAIM
                        and a.get("kernelnet.reclaim.type") == "direct")
         below = sum(1 for a in attrs if a.get(sc.KIND) == sc.KIND_RECLAIM
@@ -413,7 +412,7 @@ class Pfmemalloc(Scenario):
             Check("replayed kfree_skb PFMEMALLOC records vs drop spans", d["drops"], len(drops), note=n),
             Check("  of them joined by cookie to the app's stalled request", d["drops"], len(joined), note=n),
             Check("  of them with the zones below min of that moment", d["drops"], with_zone, note=n),
-            Check("TcpExtPFMemallocDrop delta vs counter spans", d["counter_delta"], counted, note=n),
+            Check("TcpExtPFMemallocDrop delta vs counter spans", d["counter_delta"], pfm_counted, note=n),
             Check("TcpExtPFMemallocDrop delta vs PFMEMALLOC drop spans", d["counter_delta"], len(drops), note=n),
             Check("replayed direct-reclaim records vs reclaim spans", d["reclaims"], reclaims, note=n),
             Check("replayed zones falling below min vs zone_below_min spans", d["below_min"], below, note=n),

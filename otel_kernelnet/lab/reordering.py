@@ -55,7 +55,7 @@ import sys
 import time
 
 from .env import Lab, LabError, Netns
-from .runner import Check, Context, Scenario
+from .runner import Check, Context, Scenario, counted
 
 SERVER_IP, CLIENT_IP, PORT = "10.88.4.1", "10.88.4.2", 8080
 SIZE = 12_000               # response body bytes: 9 segments, one flight of the initial window
@@ -162,12 +162,8 @@ class _FastRetransmits(Scenario):
                 Check("server netns TcpRetransSegs vs retransmit spans (any type)", d["TcpRetransSegs"],
                       len(sent), "exported<=kernel",
                       seg + (f"; {failed} not sent (err set) left out" if failed else ""))]
-        counted = {n: sum(s["attributes"].get("kernelnet.counter.delta", 0) for s in spans
-                          if s["attributes"].get("kernelnet.kind") == "counter"
-                          and s["attributes"].get("kernelnet.counter.name") == n
-                          and s["attributes"].get("kernelnet.netns") == d["srv_inode"])
-                   for n in self.counter_rows}
-        rows += [Check(f"server netns {n} delta vs counter spans", d[n], counted[n]) for n in self.counter_rows]
+        exported = {n: counted(spans, n, d["srv_inode"]) for n in self.counter_rows}
+        rows += [Check(f"server netns {n} delta vs counter spans", d[n], exported[n]) for n in self.counter_rows]
         return rows
 
 

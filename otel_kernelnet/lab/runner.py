@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .env import Lab, LabError, Netns, Proc, free_port
 
@@ -136,6 +136,18 @@ def read_spans(directory: Path) -> Iterator[dict]:
                         yield {"name": s["name"], "resource": res,
                                "attributes": {kv["key"]: _val(kv["value"]) for kv in s.get("attributes", [])},
                                "start": int(s["startTimeUnixNano"]), "end": int(s["endTimeUnixNano"])}
+
+
+def counted(spans: Iterable[dict], name: str, netns: int | None = None) -> int:
+    """Sum of the exported ``kernel.counter`` deltas of counter ``name`` (in namespace
+    ``netns`` when given): the exported side of a counter cross-check."""
+    total = 0
+    for s in spans:
+        a = s["attributes"]
+        if (a.get("kernelnet.kind") == "counter" and a.get("kernelnet.counter.name") == name
+                and (netns is None or a.get("kernelnet.netns") == netns)):
+            total += a.get("kernelnet.counter.delta", 0)
+    return total
 
 
 # --- the collector ---------------------------------------------------------------------------

@@ -68,3 +68,68 @@ def cross_check_rows(text: str) -> list[str]:
             break
         rows.append(line.strip())
     return rows
+
+
+def interrupt_lab(name: str, output: Path, marker: str, timeout: float = 90) -> str:
+    """Run ``lab NAME``, send SIGINT once a line containing ``marker`` is printed, and
+    assert the run exits 130 with none of its namespaces, cgroups or processes left. Its output."""
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.cli", "lab", name, "--output", str(output)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         stdin=subprocess.DEVNULL)
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        for line in p.stdout:
+            seen.append(line)
+            if marker in line or time.monotonic() > deadline:
+                break
+        assert any(marker in x for x in seen), "".join(seen)
+        children = _children(p.pid)
+        assert children, "the lab started no processes?"
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    text = "".join(seen) + rest
+    assert p.returncode == 130, text
+    assert "everything the run created was removed" in text
+    tags = _run_tags(output)
+    assert tags, "the run wrote no collector config: cannot tell its names"
+    assert [x for x in lab_leftovers() if any(f"kn-lab-{t}-" in x for t in tags)] == []
+    # a helper the lab was waiting on when the signal came (e.g. `ip netns exec ... cat`)
+    # is killed but may be reaped by init only after the lab exits: allow a moment
+    deadline = time.monotonic() + 5
+    while (alive := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes of the run still alive: {[(pid, _cmdline(pid)) for pid in alive]}"
+    return text
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid (from /proc/PID/task/*/children)."""
+    out = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(x) for x in f.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"

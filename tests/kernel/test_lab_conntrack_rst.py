@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-from tests.kernel.lab_util import ROOT, cross_check_rows, lab_leftovers, run_lab, top_cause
+from tests.kernel.lab_util import cross_check_rows, interrupt_lab, run_lab, top_cause
 
 
 def test_conntrack_rst_is_diagnosed_as_conntrack_invalid_rst(tmp_path):
@@ -36,52 +30,4 @@ def test_conntrack_rst_is_diagnosed_as_conntrack_invalid_rst(tmp_path):
 
 def test_ctrl_c_mid_run_removes_everything(tmp_path):
     """SIGINT while the injector waits: exit 130, no namespace or process of the run is left."""
-    out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.cli", "lab", "conntrack-rst", "--output", str(out)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         stdin=subprocess.DEVNULL)
-    seen = []
-    try:
-        deadline = time.monotonic() + 90
-        for line in p.stdout:
-            seen.append(line)
-            if "keep-alive requests to" in line or time.monotonic() > deadline:
-                break
-        assert any("keep-alive requests to" in x for x in seen), "".join(seen)
-        children = _children(p.pid)
-        assert children, "the lab started no processes?"
-        p.send_signal(signal.SIGINT)
-        rest, _ = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-    text = "".join(seen) + rest
-    assert p.returncode == 130, text
-    assert "everything the run created was removed" in text
-    # this run's own names (other lab runs may be going on at the same time on a shared machine)
-    tag = _run_tag(out)
-    assert [x for x in lab_leftovers() if f"kn-lab-{tag}-" in x] == []
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
-    assert not alive, f"processes of the run still alive: {alive}"
-
-
-def _run_tag(out) -> str:
-    """The run's tag (``kn-lab-<tag>-<role>``), from the namespaces the collector was scoped to."""
-    import json
-    cfg = json.loads((out / "logs" / "collector.yaml").read_text())  # written as JSON
-    names = {os.path.basename(p) for p in cfg["scope"]["netns"]}
-    tags = {n.split("-")[2] for n in names}
-    assert len(tags) == 1 and {n.rsplit("-", 1)[1] for n in names} == {"client", "router", "server"}, names
-    return tags.pop()
-
-
-def _children(pid: int) -> list[int]:
-    import glob
-    out = []
-    for f in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            out += [int(x) for x in open(f).read().split()]
-        except OSError:
-            pass
-    return out
+    interrupt_lab("conntrack-rst", tmp_path / "run", marker="keep-alive requests to")
