@@ -67,7 +67,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("kernelnet.cpu", "int", "CPU the kernel event happened on.", _ALL),
     Attr("kernelnet.netns", "int", "Network namespace inode number (as in /proc/PID/ns/net).", _SOCKET + (KIND_COUNTER, KIND_LISTEN_OVERFLOW)),
     Attr("kernelnet.socket.cookie", "int", "Socket cookie (getsockopt SO_COOKIE) of the socket involved; the join key with application spans.", _SOCKET),
-    Attr("kernelnet.join", "string", "How the span was attached to an application span (its parent): 'cookie' (same SO_COOKIE) or 'inferred' (4-tuple match, the app span had no cookie). Absent: not joined. Also on the links to the other overlapping app spans.", _SOCKET),
+    Attr("kernelnet.join", "string", "How the span was attached to an application span (its parent): 'cookie' (same SO_COOKIE) or 'inferred' (4-tuple match, the app span had no cookie); on reclaim stalls 'task' (a stall of the app's own process.pid) or 'cgroup' (of another task of its cgroup), by links instead of a parent when another span already linked to the stall. Absent: not joined. Also on the links to the other overlapping app spans.", _SOCKET + (KIND_RECLAIM,)),
     Attr("process.pid", "int", "Task running when the event fired (in softirq context: the interrupted task, not the socket owner).", _ALL),
     Attr("thread.id", "int", "Thread id of that task.", _ALL),
     Attr("process.command", "string", "comm of that task.", _ALL),
@@ -183,7 +183,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
 
 BY_KEY = {a.key: a for a in ATTRIBUTES}
 COOKIE = "kernelnet.socket.cookie"
-JOIN = "kernelnet.join"  #: on kernel spans the join attached to an app span: cookie | inferred
+JOIN = "kernelnet.join"  #: on kernel spans the join attached to an app span: cookie | inferred | task | cgroup
 KIND = "kernelnet.kind"
 
 

@@ -36,7 +36,7 @@ from otel_kernelnet import semconv as sc
 
 #: how surely a kernel span belongs to the app span, by join match
 STRENGTH = {"parent": 1.0, "cookie": 1.0, "linked": 0.95, "task": 0.9, "listener": 0.85,
-            "inferred": 0.85, "window": 0.5}
+            "inferred": 0.85, "cgroup": 0.7, "window": 0.5}
 DIRECT = ("parent", "cookie", "inferred")
 
 #: counter names (kernelnet.counter.name) the rules read

@@ -6,7 +6,9 @@ inside its interval: a slow client call is explained by what happened under the
 server span it called). A kernel span is attached by the strongest of:
 
 ``parent``
-    the collector already joined it: same trace, ``parentSpanId`` = the app span.
+    the collector already joined it: same trace, ``parentSpanId`` = the app span
+    (a reclaim stall the collector joined by task or cgroup, ``kernelnet.join`` =
+    ``task``/``cgroup``, keeps that weaker name).
 ``cookie``
     same ``kernelnet.socket.cookie`` and overlapping time.
 ``linked``
@@ -14,6 +16,8 @@ server span it called). A kernel span is attached by the strongest of:
     (softirq and reclaim spans are linked from the skb/TCP spans they delayed).
 ``task``
     a reclaim span of the app's own process (``process.pid``) in its window.
+``cgroup``
+    a reclaim stall of another task of the app's cgroup, as joined by the collector.
 ``listener``
     a ``tcp.listen_overflow`` on the listener the client span connected to
     (``kernelnet.listen.address`` = ``server.address:server.port``).
@@ -51,7 +55,8 @@ import polars as pl
 from otel_kernelnet import semconv as sc
 
 
-MATCH_RANK = {"parent": 0, "cookie": 1, "linked": 2, "task": 3, "listener": 4, "inferred": 5, "window": 6}
+MATCH_RANK = {"parent": 0, "cookie": 1, "linked": 2, "task": 3, "listener": 4, "inferred": 5, "cgroup": 6,
+              "window": 7}  # ranks < 8: _best packs them in 3 bits
 #: kernel kinds matched by time window alone (no socket of their own)
 HOST_WIDE = (sc.KIND_SOFTIRQ, sc.KIND_RECLAIM, sc.KIND_COUNTER, sc.KIND_LISTEN_OVERFLOW,
              sc.KIND_SOCK_RCVQUEUE_FULL, sc.KIND_SOCK_EXCEED_BUF_LIMIT)
@@ -147,10 +152,11 @@ def _chunk_bounds(starts: pl.LazyFrame, n_chunks: int, bins: int = 4096) -> list
     return bounds
 
 
-def _part(lf: pl.LazyFrame, match: str, via: str | None = "m_r", mismatch: pl.Expr | None = None) -> pl.LazyFrame:
+def _part(lf: pl.LazyFrame, match: str, via: str | None = "m_r", mismatch: pl.Expr | None = None,
+          keep: Sequence[str] = ()) -> pl.LazyFrame:
     return lf.select(pl.col(_T), pl.col("k_r"), rank=pl.lit(MATCH_RANK[match], pl.UInt8),
                      via_r=pl.col(via) if via else pl.lit(None, pl.UInt32),
-                     mm=mismatch if mismatch is not None else pl.lit(False))
+                     mm=mismatch if mismatch is not None else pl.lit(False), *keep)
 
 
 def _kernel_narrow(kernel: pl.LazyFrame) -> pl.LazyFrame:
@@ -266,9 +272,13 @@ def join_kernel(targets: pl.DataFrame | pl.LazyFrame, spans: pl.DataFrame | pl.L
 
     # 2. parent: joined by the collector (needs no time)
     kpar = kernel.filter(pl.col("parent_span_id").is_not_null()).select(
-        k_r=_R, kp_trace="trace_id", kp_parent="parent_span_id")
-    parent = _part(members.lazy().join(kpar, left_on=["app_trace_id", "m_span_id"],
-                                       right_on=["kp_trace", "kp_parent"]), "parent").collect()
+        k_r=_R, kp_trace="trace_id", kp_parent="parent_span_id", kp_join=pl.col(sc.JOIN))
+    parent = (_part(members.lazy().join(kpar, left_on=["app_trace_id", "m_span_id"],
+                                        right_on=["kp_trace", "kp_parent"]), "parent", keep=("kp_join",))
+              .with_columns(rank=pl.col("kp_join").replace_strict(
+                  {"task": MATCH_RANK["task"], "cgroup": MATCH_RANK["cgroup"]}, default=MATCH_RANK["parent"],
+                  return_dtype=pl.UInt8))
+              .drop("kp_join").collect())
 
     # 3.-6., 8. by time chunk of targets: cookie, inferred, listener, task, window
     n_kernel = kernel.select(pl.len()).collect().item()

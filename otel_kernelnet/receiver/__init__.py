@@ -2,7 +2,8 @@
 
 OTLP/gRPC (default ``127.0.0.1:4317``) and OTLP/HTTP (default ``127.0.0.1:4318``,
 ``POST /v1/traces``, protobuf or JSON, gzip) share one ``Ingest``: decode, validate,
-index the spans carrying ``kernelnet.socket.cookie`` (or a 4-tuple) for the join,
+index the spans carrying ``kernelnet.socket.cookie`` (or a 4-tuple), or sent with a
+``process.pid`` resource (reclaim stalls join by task), for the join,
 and queue the request to be forwarded unchanged (``export/forward.py``).
 Bad input gets a clean error (400 / INVALID_ARGUMENT, 413 / RESOURCE_EXHAUSTED,
 415), a full forward queue a retryable one (503 / UNAVAILABLE); nothing crashes the

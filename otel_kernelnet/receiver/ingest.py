@@ -3,7 +3,8 @@
 ``Ingest.decode`` turns a request body into an ``ExportTraceServiceRequest`` or raises
 ``BadRequest`` (a one-line message the client sees); ``Ingest.accept`` removes spans
 with invalid ids (reported as OTLP partial success), hands the spans carrying a
-cookie or a 4-tuple to the join, and queues the request for forwarding, or raises
+cookie or a 4-tuple, or coming from a resource with ``process.pid`` (the reclaim
+join by task), to the join, and queues the request for forwarding, or raises
 ``Backpressure`` when the forward queue is full (the transports answer with a
 retryable status, so the application's SDK retries later: never blocked, never told
 "ok" for spans that are lost).
@@ -160,8 +161,27 @@ def cookie_value(v: Any) -> int | None:
     return None
 
 
-def app_span_of(span: Any) -> AppSpan:
-    """The join's view of one OTLP span: cookie, else the 4-tuple (peer addr, peer port, local port)."""
+def _as_id(v: Any) -> int | None:
+    """A pid / thread id: a positive int (or decimal string)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str) and v.isdigit() and len(v) <= 10:
+        v = int(v)
+    return v if isinstance(v, int) and 0 < v < 1 << 32 else None
+
+
+def resource_pid(resource: Any) -> int | None:
+    """``process.pid`` of an OTLP resource (the OTel process resource detector sets it)."""
+    for kv in resource.attributes:
+        if kv.key == "process.pid":
+            return _as_id(_scalar(kv.value))
+    return None
+
+
+def app_span_of(span: Any, pid: int | None = None) -> AppSpan:
+    """The join's view of one OTLP span: cookie, else the 4-tuple (peer addr, peer port, local port);
+    the process (``pid``: its resource's ``process.pid``, unless the span has its own) and
+    ``thread.id`` for the reclaim join."""
     attrs = {}
     for kv in span.attributes:
         if kv.key in _WANTED:
@@ -176,12 +196,14 @@ def app_span_of(span: Any) -> AppSpan:
             local_port = _as_port(attrs.get("server.port"))
         if isinstance(peer, str) and peer and peer_port and local_port:
             tup = (peer, peer_port, local_port)
+    own_pid = _as_id(attrs.get("process.pid"))
     return AppSpan(bytes(span.trace_id), bytes(span.span_id), int(span.start_time_unix_nano),
-                   int(span.end_time_unix_nano), cookie, tup, span.name)
+                   int(span.end_time_unix_nano), cookie, tup, span.name,
+                   own_pid if own_pid is not None else pid, _as_id(attrs.get("thread.id")))
 
 
 _WANTED = frozenset((sc.COOKIE, "network.peer.address", "network.peer.port", "network.local.port",
-                     "client.address", "client.port", "server.port"))
+                     "client.address", "client.port", "server.port", "process.pid", "thread.id"))
 
 
 def _valid_ids(span: Any) -> bool:
@@ -219,6 +241,7 @@ class Ingest:
         """Index and forward; the OTLP response (with partial success for rejected spans)."""
         rejected, app, total = 0, [], 0
         for rs in req.resource_spans:
+            pid = resource_pid(rs.resource)
             for ss in rs.scope_spans:
                 bad = [s for s in ss.spans if not _valid_ids(s)]
                 if bad:
@@ -228,8 +251,8 @@ class Ingest:
                     ss.spans.extend(keep)
                 for s in ss.spans:
                     total += 1
-                    a = app_span_of(s)
-                    if a.cookie is not None or a.tuple_key is not None:
+                    a = app_span_of(s, pid)
+                    if a.cookie is not None or a.tuple_key is not None or a.pid is not None:
                         app.append(a)
         if total and self._forward is not None and not self._forward(req, total):
             with self._lock:

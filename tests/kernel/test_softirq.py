@@ -10,6 +10,18 @@ Light UDP request/response traffic from CPU 0 needs an RPS IPI to CPU 1 for each
 packet; while the reader has interrupts off the IPI waits, and so does NET_RX.
 Everything is bounded in time (the reader and the traffic stop after a few seconds)
 and every helper is stopped by pid.
+
+The real-time variant (issue 4: "also a real-time busy task on that CPU"): a
+SCHED_FIFO task spins on CPU 1 for 3 s while a UDP flood (a small C sender,
+``sendmmsg``) is steered there by RPS. On this kernel (>= 6.5, "softirq: Let ksoftirqd
+do its job" reverted) an RT task alone does not delay NET_RX: softirqs run on every
+interrupt exit, and light traffic shows no wait (measured: no span). Under the flood,
+``__do_softirq`` runs out of restarts and hands NET_RX to ksoftirqd, which is
+SCHED_OTHER and starves behind the RT task (RT throttling still gives it 5%); the
+remaining work then waits for the next interrupt on that CPU, the 4 ms tick (HZ=250):
+spans of ~4 ms wait naming the RT task. ksoftirqd was woken before those waits began
+(it stays runnable, starved), so the spans do not carry its wake-up; its starvation
+is checked from ``/proc/<ksoftirqd/1>/schedstat`` (run delay) instead.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +187,159 @@ def test_irqs_off_reader_is_named_culprit_of_net_rx_delay(collector, veth_pair, 
     ipi = [s for s in got if s["attributes"].get("kernelnet.softirq.ipi.pid") == reader_pid]
     assert ipi, "no span shows the RPS IPI delayed by the reader"
     assert "probe softirq cannot run" not in c.text()
+
+
+# --- a real-time busy task on the RPS CPU -------------------------------------------------------
+FLOOD_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+/* flood DST PORT SECONDS CPU: 64 small datagrams per sendmmsg; prints the count */
+int main(int argc, char **argv) {
+    if (argc < 5) return 2;
+    cpu_set_t set; CPU_ZERO(&set); CPU_SET(atoi(argv[4]), &set);
+    sched_setaffinity(0, sizeof set, &set);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
+    char buf[32] = {0};
+    struct iovec iov = {buf, sizeof buf};
+    struct mmsghdr m[64]; memset(m, 0, sizeof m);
+    for (int i = 0; i < 64; i++) { m[i].msg_hdr.msg_iov = &iov; m[i].msg_hdr.msg_iovlen = 1; }
+    struct timespec t0, t; clock_gettime(CLOCK_MONOTONIC, &t0);
+    double secs = atof(argv[3]); long n = 0;
+    for (;;) {
+        int r = sendmmsg(fd, m, 64, 0);
+        if (r > 0) n += r;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >= secs) break;
+    }
+    printf("%ld\n", n);
+    return 0;
+}
+"""
+
+RT_SPINNER = r"""
+import os, sys, time
+os.sched_setaffinity(0, {%d})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+print(os.getpid(), flush=True)
+end = time.monotonic() + float(sys.argv[1])   # bounded: it stops by itself
+while time.monotonic() < end:
+    pass
+""" % TARGET_CPU
+
+UDP_SINK = r"""
+import os, socket, sys, time
+os.sched_setaffinity(0, {%d})
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.77.0.2", 7777)); s.settimeout(0.5)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1]); n = 0
+while time.monotonic() < end:
+    try:
+        s.recv(64); n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+""" % SOURCE_CPU
+
+RT_SECONDS = 3
+
+
+@pytest.fixture
+def rt_throttling():
+    """RT throttling on (the kernel default, 950 ms of every 1 s), so the spinner leaves the
+    CPU 5% of the time; set for the test only if it was off (-1), and restored."""
+    knob = Path("/proc/sys/kernel/sched_rt_runtime_us")
+    old = knob.read_text().strip()
+    if int(old) < 0:
+        knob.write_text("950000")
+    try:
+        yield int(knob.read_text())
+    finally:
+        if knob.read_text().strip() != old:
+            knob.write_text(old)
+
+
+def _ksoftirqd_pid(cpu: int) -> int:
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().strip() == f"ksoftirqd/{cpu}":
+                    return int(d)
+            except OSError:
+                pass
+    raise AssertionError(f"no ksoftirqd/{cpu}")
+
+
+def _run_delay_ns(pid: int) -> int:
+    """Time the task spent runnable but waiting for a CPU (schedstat field 2)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+
+
+def test_rt_busy_task_is_named_culprit_when_net_rx_is_left_to_a_starved_ksoftirqd(
+        collector, veth_pair, rt_throttling, tmp_path):
+    assert os.cpu_count() and os.cpu_count() >= 2, "needs two CPUs"
+    assert 0 < rt_throttling < 1_000_000
+    a, b = veth_pair
+    src = tmp_path / "flood.c"
+    src.write_text(FLOOD_C)
+    flood = tmp_path / "flood"
+    subprocess.run(["gcc", "-O2", "-o", str(flood), str(src)], check=True, capture_output=True, timeout=60)
+    c = collector(config={"probes": {"drop": {"enabled": False}, "tcp": {"enabled": False},
+                                     "netns_counters": {"enabled": False}, "lifecycle": {"enabled": False},
+                                     "reclaim": {"enabled": False},
+                                     "softirq": {"wait_threshold_ms": WAIT_THRESHOLD_NS // 1_000_000,
+                                                 "run_threshold_ms": 50}},
+                          "receiver": {"enabled": False}})
+    ksoftirqd = _ksoftirqd_pid(TARGET_CPU)
+    helpers: list[subprocess.Popen] = []
+    try:
+        sink = _popen(["ip", "netns", "exec", b.name, sys.executable, "-c", UDP_SINK, str(RT_SECONDS + 3)])
+        helpers.append(sink)
+        assert sink.stdout.readline().strip() == "ready", sink.stderr.read()
+        delay0 = _run_delay_ns(ksoftirqd)
+        rt = _popen([sys.executable, "-c", RT_SPINNER, str(RT_SECONDS)])
+        helpers.append(rt)
+        rt_pid = int(rt.stdout.readline())
+        sent = a.exec(str(flood), "10.77.0.2", "7777", str(RT_SECONDS), str(SOURCE_CPU), timeout=30)
+        assert int(sent.stdout) > 0
+        assert rt.wait(30) == 0, rt.stderr.read()
+        starved_ns = _run_delay_ns(ksoftirqd) - delay0
+
+        def rt_spans(spans):
+            return [s for s in spans if s["name"] == "kernel.softirq"
+                    and s["attributes"].get("kernelnet.cpu") == TARGET_CPU
+                    and s["attributes"].get("kernelnet.culprit.pid") == rt_pid
+                    and s["attributes"].get("kernelnet.softirq.wait_ns", 0) >= WAIT_THRESHOLD_NS]
+        spans = wait_for_store(c.output, rt_spans, timeout=15)
+    finally:
+        for p in helpers:
+            _stop(p)
+    c.stop()
+    got = rt_spans(spans)
+    assert got, (f"no softirq span on CPU {TARGET_CPU} with wait >= 1 ms naming the RT task {rt_pid}; culprits seen: "
+                 f"{[s['attributes'].get('kernelnet.culprit.top') for s in spans if s['name'] == 'kernel.softirq'][:8]}")
+    # the RT task held the CPU for (nearly) the whole wait: nothing else ran, not ksoftirqd.
+    # Most spans (measured: all but ~1 in 100 at >= 95%); a wait that spans an RT-throttling
+    # window (the 5% others get) also has other tasks in it, so not every one
+    held = [s["attributes"]["kernelnet.culprit.ns"] / s["attributes"]["kernelnet.softirq.wait_ns"] for s in got]
+    assert sum(h >= 0.9 for h in held) * 2 >= len(held), sorted(held)
+    for s in got:
+        at = s["attributes"]
+        assert at["kernelnet.softirq.vector"] == "NET_RX"
+        assert at["kernelnet.culprit.comm"].startswith("python")
+        assert not at.get("kernelnet.softirq.in_ksoftirqd")
+        assert "ksoftirqd.run" not in [e["name"] for e in s["events"]]
+    # ksoftirqd was runnable and kept waiting behind the RT task for most of the run
+    # (measured ~2.6 s of run delay in a 3 s run; ~0.2 s without the RT task)
+    assert starved_ns >= 500_000_000, f"ksoftirqd/{TARGET_CPU} waited only {starved_ns / 1e6:.0f} ms"
+    print(f"{len(got)} spans name the RT task; waits up to "
+          f"{max(s['attributes']['kernelnet.softirq.wait_ns'] for s in got) / 1e6:.2f} ms; "
+          f"ksoftirqd/{TARGET_CPU} run delay +{starved_ns / 1e6:.0f} ms")
