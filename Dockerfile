@@ -57,6 +57,7 @@ RUN apt-get update \
       python3-venv \
       gcc \
       linux-libc-dev \
+      libc6-dev \
       util-linux \
  && rm -rf /var/lib/apt/lists/*
 
