@@ -23,7 +23,8 @@
 #   (/var/lib/otel-kernelnet).
 # - mounts from the host: /sys/kernel/tracing (tracefs; the container's own /sys does
 #   not carry it), /sys/kernel/btf (read-only; visible in most runtimes anyway),
-#   /sys/fs/cgroup (read-only; the host's cgroup2 tree, DaemonSet pod attribution),
+#   /sys/fs/cgroup (read-only; the host's cgroup tree: DaemonSet pod attribution, and the
+#   sidecar's pod cgroup for reclaim scoping when the container has its own cgroup namespace),
 #   /var/lib/kubelet/pods and /var/log (read-only, DaemonSet pod attribution).
 # - the kernel header tree: the linux-headers package installed here is Debian's, not
 #   the node's kernel; bcc compiles against it and every struct offset comes from the

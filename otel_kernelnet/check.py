@@ -50,17 +50,36 @@ def check_privileges(caps: int | None = None) -> Check:
 
 
 def check_scope(mode: str, netns: list | tuple = (), proc_root: str = "/proc", kubelet_root: str = "/var/lib/kubelet",
-                log_root: str = "/var/log", environ=os.environ) -> Check:
-    """What the collector will see in ``scope.mode`` / ``scope.netns`` (see otel_kernelnet/k8s.py)."""
+                log_root: str = "/var/log", environ=os.environ, cgroup: str = "",
+                mounts_text: str | None = None) -> Check:
+    """What the collector will see in ``scope.mode`` / ``scope.netns`` / ``scope.cgroup``, per
+    family (see otel_kernelnet/k8s.py and otel_kernelnet/scope.py)."""
     from .k8s import PodDirectory, describe_scope, node_name, own_scope
+    from .scope import ScopeError, describe, describe_families, resolve, resolve_cgroup
+    try:
+        proc_cgroup = open(f"{proc_root}/self/cgroup").read()
+    except OSError:
+        proc_cgroup = ""
+    try:
+        cg = resolve_cgroup(mode, cgroup, mounts_text=mounts_text, proc_self_cgroup=proc_cgroup, environ=environ)
+    except ScopeError as e:
+        return Check("scope", FAIL, str(e), "set scope.cgroup to a directory under the cgroup v2 mount, or leave it empty")
+    cg_fix = ("set scope.cgroup (a path under the cgroup v2 mount), or mount the host's /sys/fs/cgroup read-only "
+              "with $POD_UID set (docs/deploy-sidecar.md), or disable probes.reclaim in sidecars")
+    own = own_scope(proc_root)
     if netns:
-        from .scope import ScopeError, describe, resolve
         try:
-            return Check("scope", OK, f"{mode} with scope.netns: {describe(resolve(mode, netns))}")
+            ns_scope = resolve(mode, netns)
         except ScopeError as e:
             return Check("scope", FAIL, str(e), "list existing namespaces (inode numbers or /run/netns/NAME paths)")
-    pods = len(PodDirectory(kubelet_root, log_root).scan()) if mode == "daemonset" else None
-    ok, detail, fix = describe_scope(mode, own_scope(proc_root), pods, node_name(environ))
+        ok, detail, fix = True, f"{mode} with scope.netns: {describe(ns_scope)}", ""
+    else:
+        ns_scope = frozenset({own.netns}) if mode == "sidecar" and own.netns else None
+        pods = len(PodDirectory(kubelet_root, log_root).scan()) if mode == "daemonset" else None
+        ok, detail, fix = describe_scope(mode, own, pods, node_name(environ))
+    detail += " | " + "; ".join(describe_families(ns_scope, cg))
+    if cg is not None and not cg.active:
+        ok, fix = False, "; ".join(f for f in (fix, cg_fix) if f)
     return Check("scope", OK if ok else DEGRADED, detail, fix)
 
 
@@ -99,11 +118,12 @@ def run_checks(compile_test: bool = True, config: str | None = None) -> list[Che
             checks.append(Check(name, FAIL, str(e), "a newer kernel (see docs/probes/)"))
             continue
         runnable.append((fam, p))
-        degraded = getattr(p, "degraded", [])
-        checks.append(Check(name, DEGRADED, "; ".join(degraded), "a kernel >= 6.11 with BTF has every field the probes use")
+        # programs kept on classic tracepoints (probes/rawtp.py) cost more and can miss events
+        degraded = [*getattr(p, "degraded", []), *getattr(p, "fallbacks", [])]
+        checks.append(Check(name, DEGRADED, "; ".join(degraded), getattr(p, "fix", "") or "a kernel >= 6.11 with BTF has every field the probes use")
                       if degraded else Check(name, OK, getattr(p, "describe", lambda: "all fields present")()))
 
-    checks.append(check_scope(ctx.cfg["scope.mode"], ctx.cfg.get("scope.netns", ())))
+    checks.append(check_scope(ctx.cfg["scope.mode"], ctx.cfg.get("scope.netns", ()), cgroup=ctx.cfg.get("scope.cgroup", "")))
 
     _sym, ks_note = load_ksyms()
     checks.append(Check("kallsyms", OK, "kernel symbols readable") if ks_note == "ok" else

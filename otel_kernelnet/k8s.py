@@ -478,12 +478,11 @@ def describe_scope(mode: str, own: OwnScope, pods_found: int | None = None,
     """One line for ``check``: (fully ok?, what the collector will see, the fix when not ok).
 
     >>> print(describe_scope("sidecar", OwnScope(4026532512, "/", None, False))[1])
-    sidecar: only network namespace 4026532512 (this process's); softirq/reclaim spans still cover the node (own cgroup /)
+    sidecar: only network namespace 4026532512 (this process's) (own cgroup /)
     """
-    if mode == "sidecar":
+    if mode == "sidecar":  # the per-family scope (reclaim by cgroup, softirq by packets): scope.describe_families
         where = f"network namespace {own.netns}" if own.netns else "this process's network namespace"
-        detail = (f"sidecar: only {where} (this process's); softirq/reclaim spans still cover the node "
-                  f"(own cgroup {own.cgroup_path or '?'})")
+        detail = f"sidecar: only {where} (this process's) (own cgroup {own.cgroup_path or '?'})"
         if own.pod_uid:
             detail += f" (pod {own.pod_uid})"
         if own.host_netns:

@@ -17,6 +17,18 @@ linked family) ready to append to ``KernelSpan.links``. Times are Unix epoch ns,
 in ``KernelSpan``. Memory is bounded: ``per_cpu`` softirq spans per CPU, ``reclaims``
 reclaim spans and ``snapshots`` zone samples in all; the oldest go first
 (``evicted`` counts them). Thread-safe (the join may query from receiver threads).
+
+Sidecar scope of softirq spans (``hold_softirq``): a softirq span has no pod; in a
+scoped collector (``scope.mode: sidecar`` or ``scope.netns``) the honest scope is "the
+softirqs that delayed this scope's packets". The softirq family then hands its spans
+here instead of emitting them: a span is emitted (through the ``emit`` given) only
+once a packet of the scope waited through it, i.e. once a lifecycle span (scoped in
+the kernel by network namespace) asks ``softirq_overlapping`` for that CPU and
+interval; a packet that asked before the softirq span arrived (the two ring buffers
+are drained in rounds) releases it on arrival. Spans never linked are dropped when
+the per-CPU index evicts them (``softirq_hold_stats``: held now, released, discarded).
+Only emitted lifecycle spans pull: a packet below the lifecycle volume policy
+(``probes.lifecycle.slow_threshold_us``, sampling) releases nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import semconv as sc
 from .spans import KernelSpan, SpanLink
@@ -62,6 +74,27 @@ class LinkIndex:
         self._reclaim: deque[Entry] = deque(maxlen=reclaims)
         self._snapshots: deque[Snapshot] = deque(maxlen=snapshots)
         self.evicted = 0
+        # scoped softirq (hold_softirq): spans not emitted yet, by span id; recent packet intervals per CPU
+        self._hold_emit: Callable[[KernelSpan], None] | None = None
+        self._held: dict[bytes, KernelSpan] = {}
+        self._pulls: dict[int, deque[tuple[int, int]]] = {}
+        self.softirq_released = 0
+        self.softirq_discarded = 0
+
+    # -- scoped softirq ------------------------------------------------------------
+    def hold_softirq(self, emit: Callable[[KernelSpan], None]) -> None:
+        """Scoped collector: from now on ``add_softirq`` holds spans, and ``emit`` gets
+        each one once a packet of the scope links to it (see the module doc)."""
+        self._hold_emit = emit
+
+    @property
+    def holding(self) -> bool:
+        return self._hold_emit is not None
+
+    def softirq_hold_stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"scope_held": len(self._held), "scope_released": self.softirq_released,
+                    "scope_discarded": self.softirq_discarded}
 
     # -- adding (the softirq and reclaim families) -------------------------------
     @staticmethod
@@ -69,12 +102,24 @@ class LinkIndex:
         return Entry(span.start_ns, span.end_ns, span.trace_id, span.span_id,
                      str(span.attributes.get(sc.KIND, "")), **kw)
 
-    def add_softirq(self, span: KernelSpan, cpu: int) -> None:
+    def add_softirq(self, span: KernelSpan, cpu: int) -> bool:
+        """Index a softirq span of ``cpu``. Returns True when the span is held (a scoped
+        collector: the caller must not emit it; it is emitted once a packet links to
+        it), False when the caller emits it now."""
         with self._lock:
             q = self._softirq.setdefault(cpu, deque(maxlen=self._per_cpu))
             if len(q) == q.maxlen:
                 self.evicted += 1
+                if self._held.pop(q[0].span_id, None) is not None:
+                    self.softirq_discarded += 1
             q.append(self._entry(span))
+            if self._hold_emit is None:
+                return False
+            if any(s <= span.end_ns and e >= span.start_ns for s, e in self._pulls.get(cpu, ())):
+                self.softirq_released += 1  # a packet of the scope already waited through it
+                return False
+            self._held[span.span_id] = span
+            return True
 
     def add_reclaim(self, span: KernelSpan, pid: int = 0, cgroup: int = 0, cgroup_path: str = "") -> None:
         with self._lock:
@@ -93,10 +138,26 @@ class LinkIndex:
 
     # -- queries (lifecycle, drop, join) -----------------------------------------
     def softirq_overlapping(self, cpu: int, start_ns: int, end_ns: int) -> list[SpanLink]:
-        """Softirq spans of ``cpu`` whose window overlaps [start_ns, end_ns]."""
+        """Softirq spans of ``cpu`` whose window overlaps [start_ns, end_ns]. When
+        holding (a scoped collector), the caller is a packet of the scope: the held
+        spans it overlaps are emitted now, and the interval is remembered for softirq
+        spans that arrive after it."""
+        release: list[KernelSpan] = []
         with self._lock:
             q = self._softirq.get(cpu, ())
-            return [e.link() for e in q if e.start_ns <= end_ns and e.end_ns >= start_ns]
+            hits = [e for e in q if e.start_ns <= end_ns and e.end_ns >= start_ns]
+            if self._hold_emit is not None:
+                self._pulls.setdefault(cpu, deque(maxlen=self._per_cpu)).append((start_ns, end_ns))
+                for e in hits:
+                    span = self._held.pop(e.span_id, None)
+                    if span is not None:
+                        release.append(span)
+                self.softirq_released += len(release)
+            emit = self._hold_emit
+        for span in release:  # outside the lock: emit may take its time
+            assert emit is not None
+            emit(span)
+        return [e.link() for e in hits]
 
     def reclaim_overlapping(self, pid: int | None = None, cgroup: int | str | None = None, *,
                             start_ns: int, end_ns: int) -> list[SpanLink]:

@@ -6,6 +6,13 @@
  * No struct layout comes from kernel headers: tracepoint field offsets (KN_TP_*) come
  * from the running kernel's format files, cgroup-chain offsets from BTF; all arrive
  * as -D constants (probes/reclaim.py). Missing tracepoints are compiled out.
+ *
+ * Cgroup scope (sidecar mode, scope.cgroup; otel_kernelnet/scope.py): with
+ * -D KN_SCOPE_CGROUP=1 a stall or throttle is kept only when the current task is in
+ * the cgroup v2 directory KN_SCOPE_CGROUP_ID or below it: its ancestor at depth
+ * KN_SCOPE_CGROUP_LEVEL is that cgroup (bpf_get_current_ancestor_cgroup_id, the
+ * default hierarchy, which a hybrid v1/v2 machine has too). Other tasks' begins are
+ * not stored and their ends not counted. kswapd is node-level: not attached then.
  */
 #include "reclaim.h"
 
@@ -29,6 +36,20 @@ BPF_RINGBUF_OUTPUT(kn_rcl_events, KN_RINGBUF_PAGES);
 #define KN_STATS_MAX KN_RCL_STAT_MAX
 #include "common.bcc.h"
 #include "cgroup.bcc.h"
+
+#ifndef KN_SCOPE_CGROUP
+#define KN_SCOPE_CGROUP 0
+#endif
+
+/* 1 when the current task is in the scoped cgroup (or when not scoped) */
+static __always_inline int kn_cgroup_in_scope(void)
+{
+#if KN_SCOPE_CGROUP
+	return bpf_get_current_ancestor_cgroup_id(KN_SCOPE_CGROUP_LEVEL) == KN_SCOPE_CGROUP_ID;
+#else
+	return 1;
+#endif
+}
 
 struct kn_rcl_begin {
 	u64 ts;
@@ -76,6 +97,8 @@ static __always_inline void kn_submit(struct kn_reclaim_event *e)
 
 static __always_inline int kn_on_begin(void *ctx, u64 type, int o_order, int o_gfp)
 {
+	if (!kn_cgroup_in_scope())
+		return 0;
 	u64 key = type << 32 | (u32)bpf_get_current_pid_tgid();
 	struct kn_rcl_begin b = {};
 	b.ts = bpf_ktime_get_ns();
@@ -87,6 +110,8 @@ static __always_inline int kn_on_begin(void *ctx, u64 type, int o_order, int o_g
 
 static __always_inline int kn_on_end(void *ctx, u64 type, int o_nr)
 {
+	if (!kn_cgroup_in_scope())
+		return 0;
 	kn_count(KN_RCL_STAT_SEEN);
 	u64 key = type << 32 | (u32)bpf_get_current_pid_tgid();
 	struct kn_rcl_begin *b = kn_rcl_pending.lookup(&key);
@@ -170,6 +195,8 @@ int kn_rcl_on_kswapd_sleep(void *ctx)
 #if KN_HAVE_THROTTLE
 int kn_rcl_on_throttled(void *ctx)
 {
+	if (!kn_cgroup_in_scope())
+		return 0;
 	kn_count(KN_RCL_STAT_SEEN);
 	u64 now = bpf_ktime_get_ns();
 	struct kn_reclaim_event *e = kn_begin(KN_RCL_EV_THROTTLE, now);

@@ -183,3 +183,78 @@ def btf_defines(btf, setup: Setup) -> tuple[dict[str, int], list[str]]:
         return {"KN_CGROUP_MODE": 0}, [f"BTF lacks the task -> {setup.subsys} cgroup chain ({e}): "
                                        "cgroup ids are the v2 ones"]
     return d, []
+
+
+# --- the cgroup v2 hierarchy, for scoping (otel_kernelnet/scope.py) ------------------------
+
+
+def v2_mount(mounts: list[Mount]) -> Mount | None:
+    """The cgroup v2 (unified, "default") hierarchy's mount, if any: the hierarchy
+    ``bpf_get_current_cgroup_id()`` and ``bpf_get_current_ancestor_cgroup_id()`` read,
+    also on a hybrid machine whose controllers are v1 hierarchies.
+
+    >>> v2_mount(parse_mounts("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\\n"
+    ...                       "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0")).path
+    '/sys/fs/cgroup/unified'
+    >>> v2_mount(parse_mounts("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0")) is None
+    True
+    """
+    return next((m for m in mounts if m.fstype == "cgroup2"), None)
+
+
+def v2_path_of(proc_cgroup_text: str) -> str | None:
+    """The cgroup v2 path of a ``/proc/<pid>/cgroup`` text (its ``0::`` line), or None
+    (pure cgroup v1: no such line).
+
+    >>> v2_path_of("4:memory:/a\\n0::/kubepods/pod1/c1\\n")
+    '/kubepods/pod1/c1'
+    >>> v2_path_of("4:memory:/a\\n") is None
+    True
+    """
+    for line in proc_cgroup_text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
+def level(path: str) -> int:
+    """Depth of a cgroup path in its hierarchy (the root "/" is level 0), the
+    ``ancestor_level`` of ``bpf_get_current_ancestor_cgroup_id()``.
+
+    >>> level("/"), level("/kubepods"), level("/kubepods/burstable/pod1/")
+    (0, 1, 3)
+    """
+    return len([s for s in path.split("/") if s])
+
+
+def parent(path: str) -> str | None:
+    """The parent of a cgroup path (None for the root).
+
+    >>> parent("/kubepods/pod1/c1"), parent("/a"), parent("/")
+    ('/kubepods/pod1', '/', None)
+    """
+    segs = [s for s in path.split("/") if s]
+    if not segs:
+        return None
+    return "/" + "/".join(segs[:-1])
+
+
+def find_dir(root: str, match, max_entries: int = 20_000) -> str | None:
+    """The first directory under ``root`` (breadth first, bounded) whose name satisfies
+    ``match(name)``, as a path relative to ``root``; None when not found."""
+    queue = [""]
+    seen = 0
+    while queue and seen < max_entries:
+        rel = queue.pop(0)
+        try:
+            entries = list(os.scandir(root + rel if rel else root))
+        except OSError:
+            continue
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            seen += 1
+            if match(e.name):
+                return f"{rel}/{e.name}"
+            queue.append(f"{rel}/{e.name}")
+    return None

@@ -19,6 +19,13 @@ format file (its entries are C constant expressions: ``( unsigned long)((( gfp_t
 ((((1UL))) << (10))) | ...)``, evaluated here by a small, restricted evaluator);
 throttle reasons likewise, with the ``VMSCAN_THROTTLE_*`` bit numbers from the BTF
 enum ``vmscan_throttle_state``. Never from numbers written in our code.
+
+Scope (sidecar mode, ``scope.cgroup``; otel_kernelnet/scope.py): a cgroup-scoped plan
+compiles the cgroup v2 id and depth in (``KN_SCOPE_CGROUP*``): stalls and throttles of
+tasks outside that cgroup are ignored in the kernel; kswapd is not attached, and
+zone_below_min spans and zone gauges are not emitted (node-level: the DaemonSet's).
+When scoping was asked for but is impossible here (no cgroup v2 hierarchy, no pod
+cgroup found), the plan says so in ``degraded`` and the family reports the node.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .. import records
+from .. import scope as scope_mod
 from .. import semconv as sc
 from ..kernel import cgroups, tracefs, zoneinfo
 from ..kernel.tracefs import TracepointFormat
@@ -181,6 +189,28 @@ class Plan:
     cgroup: cgroups.Setup
     defines: dict[str, Any] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
+    scope: scope_mod.CgroupScope | None = None  # None: every cgroup
+
+    @property
+    def scoped(self) -> bool:
+        """Reports only the tasks of one cgroup (no node-level spans or gauges)."""
+        return self.scope is not None and self.scope.active
+
+    @property
+    def fix(self) -> str:
+        """The fix ``check`` prints when degraded (empty: the generic kernel one)."""
+        if self.scope is None or self.scope.active:
+            return ""
+        fix = "set scope.cgroup, or disable probes.reclaim in sidecars (docs/deploy-sidecar.md)"
+        if len(self.degraded) > 1:
+            fix += "; a kernel >= 6.11 with BTF has every field the probes use"
+        return fix
+
+    def describe(self) -> str:
+        what = "all fields present"
+        if self.scope is not None:
+            what += f"; {scope_mod.describe_cgroup(self.scope)}"
+        return what
 
     @property
     def attach(self) -> list[tuple[str, str]]:
@@ -198,8 +228,10 @@ def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat 
 
 
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
-         cgroup: cgroups.Setup | None = None, rate_limit: int = 1000, ringbuf_pages: int = 64) -> Plan:
-    """Decide how the family runs here (pure: give it formats, btf and the cgroup setup)."""
+         cgroup: cgroups.Setup | None = None, rate_limit: int = 1000, ringbuf_pages: int = 64,
+         scope: scope_mod.CgroupScope | None = None) -> Plan:
+    """Decide how the family runs here (pure: give it formats, btf, the cgroup setup
+    and the cgroup scope, see otel_kernelnet/scope.py)."""
     if formats is None:
         formats = read_formats()
     if cgroup is None:
@@ -207,8 +239,11 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
     d: dict[str, Any] = {}
     degraded: list[str] = []
     groups: list[Group] = []
+    scoped = scope is not None and scope.active
     for g in GROUPS:
         d[f"KN_HAVE_{g.key}"] = 0
+        if scoped and g.key == "KSWAPD":
+            continue  # a kswapd run belongs to the node, not to the scoped cgroup
         problems = []
         for tp in g.tracepoints:
             fmt = formats.get(tp.key)
@@ -252,9 +287,18 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
     cg, lost = cgroups.btf_defines(btf, cgroup)
     d.update(cg)
     degraded.extend(lost)
+    d["KN_SCOPE_CGROUP"] = 0
+    if scoped:
+        assert scope is not None
+        d["KN_SCOPE_CGROUP"] = 1
+        d["KN_SCOPE_CGROUP_ID"] = f"{int(scope.id)}ULL"
+        d["KN_SCOPE_CGROUP_LEVEL"] = int(scope.level)
+    elif scope is not None:
+        degraded.append(f"reclaim {scope_mod.describe_cgroup(scope)}: it reports every task's stalls, kswapd "
+                        "runs and zone watermarks of the node (set scope.cgroup, or disable probes.reclaim here)")
     d["KN_RATE_LIMIT"] = int(rate_limit)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
-    return Plan(groups, gfp_table, throttle_table, cgroup, d, degraded)
+    return Plan(groups, gfp_table, throttle_table, cgroup, d, degraded, scope)
 
 
 # --- decode ------------------------------------------------------------------------
@@ -279,16 +323,18 @@ class ReclaimEvent:
     comm: str
 
 
+# one struct.unpack_from in ReclaimEvent's field order, at the header's offsets (records.py)
+_READ_EVENT = records.event_reader(records.layout("reclaim", "kn_reclaim_event"), ReclaimEvent, text=("comm",))
+
+
 def decode(buf: bytes | bytearray | memoryview) -> ReclaimEvent:
     n = ctypes.sizeof(RECORD)
     if len(buf) < n:
         raise ValueError(f"reclaim record too short: {len(buf)} < {n} bytes")
-    r = RECORD.from_buffer_copy(bytes(buf[:n]))
-    if r.type not in TYPES:
-        raise ValueError(f"reclaim record of unknown type {r.type}")
-    return ReclaimEvent(r.type, r.start_ns, r.end_ns, r.gfp_flags, r.nr_reclaimed, r.cgroup, r.pid, r.tid,
-                        r.cpu, r.order, r.nid, r.zid, r.usec_timeout, r.usec_delayed, r.reason,
-                        bytes(r.comm).split(b"\0", 1)[0].decode("utf-8", "replace"))
+    ev = _READ_EVENT(buf)
+    if ev.type not in TYPES:
+        raise ValueError(f"reclaim record of unknown type {ev.type}")
+    return ev
 
 
 # --- mapping -----------------------------------------------------------------------
@@ -347,8 +393,10 @@ class ZoneSampler:
 
     def __init__(self, interval_s: float, ids: IdSource, emit: Emit, links: Any | None = None,
                  read: Callable[[], list[zoneinfo.Zone]] = zoneinfo.read,
-                 now_ns: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic):
+                 now_ns: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic,
+                 emit_spans: bool = True):
         self.interval_s = interval_s
+        self.emit_spans = emit_spans  # False in a scoped collector: zone spans are node-level
         self.ids, self.emit, self.links = ids, emit, links
         self._read, self._now_ns, self._mono = read, now_ns, monotonic
         self._next = 0.0
@@ -373,9 +421,10 @@ class ZoneSampler:
         span = None
         for z in zones:
             if z.key in below and z.key not in self._below:
-                span = zone_span(z, t, ids=self.ids)
                 self.below_min_events += 1
-                self.emit(span)
+                if self.emit_spans:
+                    span = zone_span(z, t, ids=self.ids)
+                    self.emit(span)
         self._below = set(below)
         if self.links is not None:
             self.links.add_snapshot(t, [z.as_dict() for z in zones if z.managed_pages > 0], below, span)
@@ -390,10 +439,15 @@ class ReclaimFamily(ProbeFamily):
         self.probe: ReclaimProbe | None = None
         self.sampler: ZoneSampler | None = None
         self.cgroup_paths: cgroups.CgroupPaths | None = None
+        self.scoped = False
 
     def plan(self, ctx: KernelContext) -> Plan:
+        try:
+            scope = scope_mod.resolve_cgroup(ctx.cfg.get("scope.mode", "node"), ctx.cfg.get("scope.cgroup", ""))
+        except scope_mod.ScopeError as e:
+            raise ProbeUnavailable(str(e)) from None
         return plan(btf=ctx.btf, cgroup=cgroups.detect(), rate_limit=ctx.cfg["probes.reclaim.rate_limit_per_cpu"],
-                    ringbuf_pages=ctx.cfg["ringbuf.pages"])
+                    ringbuf_pages=ctx.cfg["ringbuf.pages"], scope=scope)
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         self.cgroup_paths = cgroups.CgroupPaths(plan_.cgroup.root)
@@ -405,7 +459,9 @@ class ReclaimFamily(ProbeFamily):
             if links is not None and ev.type != DEFS["KN_RCL_EV_KSWAPD"]:
                 links.add_reclaim(span, ev.pid, ev.cgroup, str(span.attributes.get("kernelnet.cgroup.path", "")))
             emit(span)
-        self.sampler = ZoneSampler(ctx.cfg["probes.reclaim.zoneinfo_interval_ms"] / 1000, ctx.ids, emit, links)
+        self.scoped = plan_.scoped
+        self.sampler = ZoneSampler(ctx.cfg["probes.reclaim.zoneinfo_interval_ms"] / 1000, ctx.ids, emit, links,
+                                   emit_spans=not plan_.scoped)
         self.sampler.poll()  # a first sample at start: gauges() is never empty once running
         self.probe = ReclaimProbe(loader, plan_, on_event, on_error)
 
@@ -428,9 +484,10 @@ class ReclaimFamily(ProbeFamily):
              "present_pages": 5505024, "level": "ok", "sampled_ns": <epoch ns>}
 
         ``level``: below_min, below_low, below_high or ok. Pages are of PAGE_SIZE.
-        Empty before the first sample.
+        Empty before the first sample, and always in a cgroup-scoped collector (the
+        zones are the node's: N sidecars would export N copies).
         """
-        if self.sampler is None:
+        if self.sampler is None or self.scoped:
             return []
         return [{**z.as_dict(), "sampled_ns": self.sampler.sampled_ns}
                 for z in self.sampler.zones if z.managed_pages > 0]

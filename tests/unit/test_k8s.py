@@ -19,6 +19,7 @@ CG = NODE / "sys/fs/cgroup/kubepods.slice"
 POD1_CG = CG / "kubepods-burstable.slice" / f"kubepods-burstable-pod{UID1.replace('-', '_')}.slice"
 POD2_CG = CG / "kubepods-besteffort.slice" / f"kubepods-besteffort-pod{UID2.replace('-', '_')}.slice"
 NS_POD1, NS_POD2, NS_HOST, NS_POD4 = 4026532001, 4026532002, 4026531840, 4026532004
+MOUNTS_TEXT = f"cgroup2 {NODE / 'sys/fs/cgroup'} cgroup2 rw,nosuid 0 0\n"  # the fixture tree as the v2 mount
 
 
 class Clock:
@@ -238,7 +239,7 @@ def test_own_scope_reads_self():
 @pytest.mark.parametrize("mode,own,pods,ok,needle", [
     ("node", OwnScope(1, "/", None, True), None, True, "node: every network namespace"),
     ("node", OwnScope(1, "/", None, False), None, True, "not in the host's network namespace"),
-    ("sidecar", OwnScope(4026532001, "/x", UID1, False), None, True, f"only network namespace 4026532001 (this process's); softirq/reclaim spans still cover the node (own cgroup /x) (pod {UID1})"),
+    ("sidecar", OwnScope(4026532001, "/x", UID1, False), None, True, f"only network namespace 4026532001 (this process's) (own cgroup /x) (pod {UID1})"),
     ("sidecar", OwnScope(1, "/", None, True), None, False, "the host's network namespace"),
     ("daemonset", OwnScope(1, "/", None, True), 3, True, "attributed to pods of node node-1 (3 pods on disk now)"),
     ("daemonset", OwnScope(1, "/", None, True), 0, False, "no pod found"),
@@ -252,11 +253,23 @@ def test_describe_scope(mode, own, pods, ok, needle):
 def test_check_has_a_scope_line_per_mode():
     from otel_kernelnet.check import DEGRADED, OK, check_scope
     kw = dict(proc_root=str(NODE / "proc"), kubelet_root=str(NODE / "var/lib/kubelet"), log_root=str(NODE / "var/log"),
-              environ={"NODE_NAME": "node-1"})
+              environ={"NODE_NAME": "node-1"}, mounts_text=MOUNTS_TEXT)
     c = check_scope("daemonset", **kw)
     assert (c.name, c.status) == ("scope", OK) and "(3 pods on disk now)" in c.detail and "node-1" in c.detail
+    assert "reclaim: every cgroup" in c.detail and "softirq: every CPU" in c.detail
     c = check_scope("sidecar", **kw)
     assert c.status == OK and f"only network namespace {NS_POD1}" in c.detail and UID1 in c.detail
+    # per family: packets by namespace, reclaim by the pod's cgroup (the pod level of /proc/self/cgroup)
+    pod_rel = "/" + str(POD1_CG.relative_to(NODE / "sys/fs/cgroup"))
+    assert f"drop, tcp, lifecycle, netns_counters: network namespace(s) {NS_POD1} only" in c.detail
+    assert f"reclaim: stalls of tasks in cgroup {pod_rel} (cgroup v2 id {cgid(POD1_CG)}, level 3; the pod of " in c.detail
+    assert "softirq: only the softirq spans this scope's packets waited through" in c.detail
+    # no v2 hierarchy (pure v1): reclaim is not scoped, and check says so (degraded, with the fix)
+    c = check_scope("sidecar", **{**kw, "mounts_text": "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"})
+    assert c.status == DEGRADED and "reclaim: not scoped: no cgroup v2 hierarchy is mounted (pure cgroup v1)" in c.detail
+    assert "scope.cgroup" in c.fix
+    c = check_scope("node", **{**kw, "cgroup": "/nope"})
+    assert c.status == "fail" and "no such cgroup" in c.detail
     c = check_scope("daemonset", **{**kw, "kubelet_root": "/nonexistent", "log_root": "/nonexistent"})
     assert c.status == DEGRADED and "hostPID" in c.fix
     assert check_scope("node", **kw).detail.startswith("node: every network namespace")
@@ -264,7 +277,7 @@ def test_check_has_a_scope_line_per_mode():
 
 def test_check_scope_with_explicit_namespaces(tmp_path):
     from otel_kernelnet.check import FAIL, OK, check_scope
-    c = check_scope("sidecar", [4026532001, 4026532002], proc_root=str(NODE / "proc"))
+    c = check_scope("sidecar", [4026532001, 4026532002], proc_root=str(NODE / "proc"), mounts_text=MOUNTS_TEXT)
     assert c.status == OK and "4026532001, 4026532002 only" in c.detail
     c = check_scope("node", [str(tmp_path / "missing")], proc_root=str(NODE / "proc"))
     assert c.status == FAIL and "cannot stat" in c.detail
