@@ -8,8 +8,14 @@ drop probe's decoder, mapped by ``drop_span``, queued in the collector's
 [test] extra, blackhole exporter, in its own process). What is *not* in it: bcc's
 per-record callback dispatch (0.7-1.1 us/record on this VM class, research section 2).
 
-Three measurements, all in one run:
+Four measurements, all in one run:
 
+0. ``previous``: paired, interleaved (ABBA) closed-loop gRPC windows of this tree and
+   of the code before the decode/map/queue speed-up (``--baseline``, a git commit:
+   its ``otel_kernelnet`` is extracted with ``git archive`` and imported instead of
+   this tree's), each window in a fresh child process of this script (``--child``)
+   so both pay the same start-up and neither shares caches; per pair the ratio of CPU
+   us per exported span, previous / now; median and IQR.
 1. ``ratio``: paired, interleaved closed-loop windows (the producer waits when the
    queue holds more than 4 batches, so nothing is dropped) of the stock SDK path
    (``ReadableSpan`` + opentelemetry-exporter-otlp, what OtlpSink did before) and
@@ -23,23 +29,28 @@ Three measurements, all in one run:
    + failed) must stay under 0.1% and the queue must not grow.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--quick] [--pairs 8] [--rate N] [--seconds 60]
+        [--baseline COMMIT | --baseline none]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Rotel, log, paired, result  # noqa: E402
+from common import ROOT, Rotel, log, paired, result  # noqa: E402
+
+if os.environ.get("KN_BENCH_ROOT"):  # a child measuring another tree's otel_kernelnet
+    sys.path.insert(0, os.environ["KN_BENCH_ROOT"])
 
 from otel_kernelnet.clock import KernelClock  # noqa: E402
 from otel_kernelnet.export import otlp_json  # noqa: E402
@@ -50,6 +61,7 @@ from otel_kernelnet.spans import RandomIds, drop_span  # noqa: E402
 RESOURCE = {"service.name": "otel-kernelnet", "host.name": "bench"}
 SCOPE = ("otel-kernelnet", "bench")
 BATCH = 2048
+BASELINE = "e088de2bad975cec0342a7026192c00da0186279"  # before struct decode, PRNG ids, lock-free submit
 REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 5: "PKT_TOO_SMALL", 7: "TCP_CSUM", 9: "NETFILTER_DROP"}
 
 
@@ -205,8 +217,69 @@ def window(make_sink: Callable[[], Any], records, seconds: float, rate: float | 
     return out
 
 
+def child(endpoint: str, seconds: float) -> int:
+    """One gRPC ceiling window (after a 0.5 s warm-up) of whichever otel_kernelnet is on
+    sys.path; the window's figures as one JSON line on stdout."""
+    import otel_kernelnet
+    _buf, records = make_records(20000)
+    target = OtlpTarget(endpoint, "grpc", "bench")
+    make = lambda: OtlpSink(target, RESOURCE, SCOPE, timeout_s=10)  # noqa: E731
+    window(make, records, 0.5)
+    out = window(make, records, seconds)
+    out["package"] = os.path.dirname(otel_kernelnet.__file__)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def extract(commit: str, into: str) -> str:
+    """``otel_kernelnet`` as of ``commit``, extracted under ``into``; the directory to import from."""
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "otel_kernelnet"],
+                          check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=arch, check=True)
+    return into
+
+
+def run_child(root: str | None, endpoint: str, seconds: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.pop("KN_BENCH_ROOT", None)
+    if root:
+        env["KN_BENCH_ROOT"] = root
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", endpoint, "--window", str(seconds)],
+                       env=env, capture_output=True, text=True, timeout=120 + 2 * seconds)
+    if p.returncode:
+        raise RuntimeError(f"child ({root or 'this tree'}) failed: {p.stderr[-2000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    want = os.path.join(root, "otel_kernelnet") if root else str(ROOT / "otel_kernelnet")
+    assert os.path.realpath(out["package"]) == os.path.realpath(want), (out["package"], want)
+    return out
+
+
+def previous_vs_now(baseline: str, endpoint: str, pairs: int, seconds: float, tmp: str) -> dict[str, Any]:
+    """Paired ABBA child windows: the baseline commit's otel_kernelnet against this tree's."""
+    root = extract(baseline, tempfile.mkdtemp(prefix="baseline-", dir=tmp))
+    ratios, rows = [], []
+    for i in range(pairs):
+        order = ("previous", "now") if i % 2 == 0 else ("now", "previous")
+        got = {w: run_child(root if w == "previous" else None, endpoint, seconds) for w in order}
+        r = got["previous"]["us_per_span"] / got["now"]["us_per_span"]
+        ratios.append(r)
+        rows.append({w: {"us_per_span": got[w]["us_per_span"], "spans_per_cpu_s": got[w]["spans_per_cpu_s"],
+                         "us_by_stage": got[w]["us_by_stage"]} for w in ("previous", "now")})
+        log(f"previous/now pair {i + 1}/{pairs}: previous {got['previous']['us_per_span']} us/span, "
+            f"now {got['now']['us_per_span']} us/span, ratio {r:.2f}")
+    stage_names = rows[0]["now"]["us_by_stage"].keys()
+    median_stages = {w: {k: round(statistics.median(row[w]["us_by_stage"][k] for row in rows), 2) for k in stage_names}
+                     for w in ("previous", "now")}
+    return {"baseline": baseline, "ratio": paired(ratios), "pairs": rows, "median_us_by_stage": median_stages,
+            "median_spans_per_cpu_s": {w: round(statistics.median(row[w]["spans_per_cpu_s"] for row in rows))
+                                       for w in ("previous", "now")}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", default=BASELINE,
+                    help="git commit of the previous code for the paired previous/now windows ('none': skip)")
+    ap.add_argument("--child", metavar="GRPC_ENDPOINT", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="short windows and a 10 s sustained run")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--window", type=float, default=None, help="seconds per paired window")
@@ -214,6 +287,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="length of the sustained run")
     a = ap.parse_args()
     win = a.window or (1.5 if a.quick else 4.0)
+    if a.child:
+        return child(a.child, win)
     sustain_s = a.seconds or (10.0 if a.quick else 60.0)
     _buf, records = make_records(20000)
     with Rotel() as rotel, tempfile.TemporaryDirectory(prefix="kn-bench-") as tmp:
@@ -221,6 +296,9 @@ def main() -> int:
         http_t = OtlpTarget(rotel.http_endpoint, "http/protobuf", "bench")
         new = lambda: OtlpSink(grpc_t, RESOURCE, SCOPE, timeout_s=10)  # noqa: E731
         old = lambda: SdkSink(rotel.grpc_endpoint)  # noqa: E731
+        previous = None
+        if a.baseline != "none":
+            previous = previous_vs_now(a.baseline, rotel.grpc_endpoint, a.pairs, win * 2, tmp)
         window(new, records, 0.5)  # warm both paths (imports, connections, caches)
         window(old, records, 0.5)
         ratios, pairs = [], []
@@ -265,6 +343,7 @@ def main() -> int:
         sus["pass"] = sus["loss_fraction"] < 0.001 and not sus["queue_growing"]
     result("pipeline", quick=a.quick, window_s=win, record="drop (kn_drop_event, %d B)" % ctypes.sizeof(drop.RECORD),
            receiver="rotel blackhole (OTLP gRPC/HTTP)", batch=BATCH,
+           previous_over_now_cpu_per_span=previous,
            sdk_over_otlp_proto_cpu_per_span=paired(ratios), pairs=pairs,
            jsonl_reference_over_fast_cpu_per_span=paired(json_pairs),
            ceiling={k: {kk: vv for kk, vv in v.items() if kk != "queue_samples"} for k, v in ceiling.items()},

@@ -431,7 +431,15 @@ class OtlpSink:
 
 # --- the pipeline -----------------------------------------------------------------------
 class ExportPipeline:
-    """Bounded queue + one exporting thread. ``submit`` never blocks."""
+    """Bounded queue + one exporting thread. ``submit`` never blocks.
+
+    ``submit`` takes no lock on its normal path (a ``deque`` append is atomic in
+    CPython): it costs ~0.1 us instead of ~0.5 us for a lock round trip per span. It
+    only takes the condition's lock to count a span dropped on a full queue, or to
+    wake the export thread when a full batch is waiting and that thread is asleep
+    (``_waiting``, set under the lock before the thread checks the queue length and
+    sleeps, so a wake-up cannot be lost).
+    """
 
     def __init__(self, sink: Sink, max_queue: int = 65536, max_batch: int = 2048, max_delay_s: float = 0.2):
         self.sink = sink
@@ -440,6 +448,7 @@ class ExportPipeline:
         self.max_delay_s = max_delay_s
         self._q: deque[KernelSpan] = deque()
         self._cv = threading.Condition()
+        self._waiting = False
         self._stop = False
         self.exported = 0
         self.dropped_queue_full = 0
@@ -450,12 +459,15 @@ class ExportPipeline:
         self._thread.start()
 
     def submit(self, span: KernelSpan) -> None:
-        with self._cv:
-            if len(self._q) >= self.max_queue:
+        q = self._q
+        n = len(q)
+        if n >= self.max_queue:
+            with self._cv:
                 self.dropped_queue_full += 1
-                return
-            self._q.append(span)
-            if len(self._q) >= self.max_batch:
+            return
+        q.append(span)
+        if n + 1 >= self.max_batch and self._waiting:
+            with self._cv:
                 self._cv.notify()
 
     @property
@@ -465,13 +477,18 @@ class ExportPipeline:
     def _take(self) -> list[KernelSpan]:
         with self._cv:
             deadline = time.monotonic() + self.max_delay_s
-            while not self._stop and len(self._q) < self.max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
+            self._waiting = True  # before the length check: a submit after it will notify
+            try:
+                while not self._stop and len(self._q) < self.max_batch:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+            finally:
+                self._waiting = False
             n = min(len(self._q), self.max_batch)
-            return [self._q.popleft() for _ in range(n)]
+            popleft = self._q.popleft
+            return [popleft() for _ in range(n)]
 
     def _deliver(self, batch: list[KernelSpan]) -> None:
         try:

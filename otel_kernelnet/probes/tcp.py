@@ -383,8 +383,13 @@ class TcpEvent:
     proto: str = ""
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+# the TcpEvent fields the record holds under the same name, plus flags: one
+# struct.unpack_from at the header's offsets (records.py); the booleans come from flags
+_TCP_LAYOUT = records.layout("tcp", "kn_tcp_event")
+_TCP_NAMES = (*(f for f in TcpEvent.__dataclass_fields__ if f in _TCP_LAYOUT.fields), "flags")
+_TCP_READ = _TCP_LAYOUT.reader(*_TCP_NAMES)
+_TCP_FLAGS = (("has_addr", "KN_TCP_F_ADDR"), ("ipv6", "KN_TCP_F_IPV6"), ("has_ca_state", "KN_TCP_F_CA_STATE"),
+              ("has_reason", "KN_TCP_F_REASON"), ("has_err", "KN_TCP_F_ERR"))
 
 
 def decode(buf: bytes | bytearray | memoryview) -> TcpEvent:
@@ -392,22 +397,14 @@ def decode(buf: bytes | bytearray | memoryview) -> TcpEvent:
     n = ctypes.sizeof(RECORD)
     if len(buf) < n:
         raise ValueError(f"tcp record too short: {len(buf)} < {n} bytes")
-    r = RECORD.from_buffer_copy(bytes(buf[:n]))
-    if r.type not in KINDS:
-        raise ValueError(f"tcp record of unknown type {r.type}")
-    f = r.flags
-    return TcpEvent(
-        type=r.type, ts_ns=r.ts_ns, start_ns=r.start_ns, skaddr=r.skaddr, sk_cookie=r.sk_cookie,
-        netns=r.netns, pid=r.pid, tid=r.tid, cpu=r.cpu, state=r.state, oldstate=r.oldstate,
-        reason=r.reason, err=r.err, ca_state=r.ca_state, family=r.family, sport=r.sport, dport=r.dport,
-        has_addr=bool(f & DEFS["KN_TCP_F_ADDR"]), ipv6=bool(f & DEFS["KN_TCP_F_IPV6"]),
-        has_ca_state=bool(f & DEFS["KN_TCP_F_CA_STATE"]), has_reason=bool(f & DEFS["KN_TCP_F_REASON"]),
-        has_err=bool(f & DEFS["KN_TCP_F_ERR"]),
-        saddr=bytes(r.saddr), daddr=bytes(r.daddr), comm=_cstr(bytes(r.comm)),
-        rmem_alloc=r.rmem_alloc, truesize=r.truesize, rcvbuf=r.rcvbuf, sysctl_wmem=r.sysctl_wmem,
-        wmem_alloc=r.wmem_alloc, wmem_queued=r.wmem_queued, mem_kind=r.mem_kind,
-        mem_allocated=r.mem_allocated, sysctl_mem=tuple(r.sysctl_mem), proto=_cstr(bytes(r.proto)),
-    )
+    kw = dict(zip(_TCP_NAMES, _TCP_READ(buf)))
+    if kw["type"] not in KINDS:
+        raise ValueError(f"tcp record of unknown type {kw['type']}")
+    f = kw.pop("flags")
+    for name, bit in _TCP_FLAGS:
+        kw[name] = bool(f & DEFS[bit])
+    kw["comm"], kw["proto"] = records.cstr(kw["comm"]), records.cstr(kw["proto"])
+    return TcpEvent(**kw)
 
 
 # --- mapping -----------------------------------------------------------------------
