@@ -77,7 +77,7 @@ def check_scope(mode: str, netns: list | tuple = (), proc_root: str = "/proc", k
         ns_scope = frozenset({own.netns}) if mode == "sidecar" and own.netns else None
         pods = len(PodDirectory(kubelet_root, log_root).scan()) if mode == "daemonset" else None
         ok, detail, fix = describe_scope(mode, own, pods, node_name(environ))
-    detail += " | " + "; ".join(describe_families(ns_scope, cg))
+    detail += " | " + "; ".join(describe_families(ns_scope, cg, mode == "sidecar"))
     if cg is not None and not cg.active:
         ok, fix = False, "; ".join(f for f in (fix, cg_fix) if f)
     return Check("scope", OK if ok else DEGRADED, detail, fix)

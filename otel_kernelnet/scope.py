@@ -20,7 +20,9 @@ The node-level families have no network namespace (docs/deploy-sidecar.md):
   watermarks are node-level: a cgroup-scoped collector reports neither;
 - softirq is scoped by the **packets** it delayed: a scoped collector emits only the
   softirq spans that a packet of its namespaces (a lifecycle span, itself scoped in
-  the kernel) waited through on that CPU, and no per-CPU histograms (links.py).
+  the kernel) waited through on that CPU (links.py); in sidecar mode it exports no
+  per-CPU histograms (the node's: the DaemonSet's), a node-mode collector scoped by
+  ``scope.netns`` still does.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def describe_cgroup(cs: CgroupScope | None) -> str:
     return f"cgroup {cs.path} (cgroup v2 id {cs.id}, level {cs.level}; {cs.how})"
 
 
-def describe_families(netns: frozenset[int] | None, cg: CgroupScope | None) -> list[str]:
+def describe_families(netns: frozenset[int] | None, cg: CgroupScope | None, sidecar: bool = True) -> list[str]:
     """What each family reports under this scope, one phrase per family group (``check``
     and the start-up message).
 
@@ -233,5 +235,6 @@ def describe_families(netns: frozenset[int] | None, cg: CgroupScope | None) -> l
     if netns is None:
         out.append("softirq: every CPU's long softirqs, per-CPU histograms")
     else:
-        out.append("softirq: only the softirq spans this scope's packets waited through (no per-CPU histograms)")
+        out.append("softirq: only the softirq spans this scope's packets waited through"
+                   + (" (no per-CPU histograms)" if sidecar else ", per-CPU histograms of the node"))
     return out

@@ -5,6 +5,13 @@
  * from the running kernel's format file; the few struct members read through pointers
  * (KN_OFF_*) come from its BTF. Both arrive as -D constants (probes/drop.py); the
  * defaults below only make the file self-describing, the loader always sets them.
+ *
+ * Raw tracepoint: with KN_RAW_DROP 1 the program is attached to the raw tracepoint
+ * kfree_skb and takes skb, location, reason and rx_sk from ctx->args[KN_ARG_DROP_*]
+ * (positions from the running kernel's BTF prototype btf_trace_kfree_skb,
+ * probes/drop.py) and skb->protocol through BTF; no trace record is built and the
+ * program is not skipped when it fires nested in another BPF program. With 0 it is the
+ * classic skb:kfree_skb tracepoint reading its record at the KN_TP_* offsets.
  */
 #include "drop.h"
 
@@ -54,6 +61,37 @@
 #endif
 #ifndef KN_OFF_SKB_SK
 #define KN_OFF_SKB_SK -1
+#endif
+#ifndef KN_OFF_SKB_PROTOCOL
+#define KN_OFF_SKB_PROTOCOL -1
+#endif
+#ifndef KN_RAW_DROP
+#define KN_RAW_DROP 0
+#endif
+#ifndef KN_ARG_DROP_SKB
+#define KN_ARG_DROP_SKB 0
+#endif
+#ifndef KN_ARG_DROP_LOCATION
+#define KN_ARG_DROP_LOCATION 1
+#endif
+#ifndef KN_ARG_DROP_REASON
+#define KN_ARG_DROP_REASON -1
+#endif
+#ifndef KN_ARG_DROP_RX_SK
+#define KN_ARG_DROP_RX_SK -1
+#endif
+#define KN_ARG(i) (((u64 *)ctx)[(i)])
+/* one tracepoint value: an argument (raw) or a record field (classic) */
+#if KN_RAW_DROP
+#define KN_SKB()      KN_ARG(KN_ARG_DROP_SKB)
+#define KN_LOCATION() KN_ARG(KN_ARG_DROP_LOCATION)
+#define KN_REASON()   ((u32)KN_ARG(KN_ARG_DROP_REASON))
+#define KN_RX_SK()    KN_ARG(KN_ARG_DROP_RX_SK)
+#else
+#define KN_SKB()      (*(u64 *)(ctx + KN_TP_SKBADDR))
+#define KN_LOCATION() (*(u64 *)(ctx + KN_TP_LOCATION))
+#define KN_REASON()   (*(u32 *)(ctx + KN_TP_REASON))
+#define KN_RX_SK()    (*(u64 *)(ctx + KN_TP_RX_SK))
 #endif
 
 BPF_RINGBUF_OUTPUT(kn_drop_events, KN_RINGBUF_PAGES);
@@ -116,7 +154,7 @@ static __always_inline u32 kn_drop_netns(void *ctx, void *skb)
 	if (!ns) {
 		void *sk = NULL;
 #if KN_TP_RX_SK >= 0
-		sk = (void *)*(u64 *)(ctx + KN_TP_RX_SK);
+		sk = (void *)KN_RX_SK();
 #endif
 #if KN_OFF_SKB_SK >= 0
 		if (!sk)
@@ -130,7 +168,8 @@ static __always_inline u32 kn_drop_netns(void *ctx, void *skb)
 int kn_on_kfree_skb(void *ctx)
 {
 	kn_count(KN_STAT_SEEN);
-	u32 netns = kn_drop_netns(ctx, (void *)*(u64 *)(ctx + KN_TP_SKBADDR));
+	u64 skbaddr = KN_SKB();
+	u32 netns = kn_drop_netns(ctx, (void *)skbaddr);
 	if (!kn_in_scope(netns))
 		return 0;
 	u64 now = bpf_ktime_get_ns();
@@ -146,11 +185,19 @@ int kn_on_kfree_skb(void *ctx)
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = now;
 	e->netns = netns;
-	e->skbaddr = *(u64 *)(ctx + KN_TP_SKBADDR);
-	e->location = *(u64 *)(ctx + KN_TP_LOCATION);
+	e->skbaddr = skbaddr;
+	e->location = KN_LOCATION();
+#if KN_RAW_DROP
+#if KN_OFF_SKB_PROTOCOL >= 0
+	u16 proto_be = 0;
+	bpf_probe_read_kernel(&proto_be, sizeof(proto_be), (void *)skbaddr + KN_OFF_SKB_PROTOCOL);
+	e->protocol = bpf_ntohs(proto_be);  /* as the classic record has it */
+#endif
+#else
 	e->protocol = *(u16 *)(ctx + KN_TP_PROTOCOL);
+#endif
 #if KN_TP_REASON >= 0
-	e->reason = *(u32 *)(ctx + KN_TP_REASON);
+	e->reason = KN_REASON();
 #endif
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	e->pid = pid_tgid >> 32;
@@ -173,7 +220,7 @@ int kn_on_kfree_skb(void *ctx)
 #endif
 	void *sk = NULL;
 #if KN_TP_RX_SK >= 0
-	sk = (void *)*(u64 *)(ctx + KN_TP_RX_SK);
+	sk = (void *)KN_RX_SK();
 	if (sk)
 		e->flags |= KN_DROP_F_HAS_SK;
 #endif

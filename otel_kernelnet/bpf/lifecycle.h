@@ -40,7 +40,10 @@
 #define KN_STAT_DROPPED     5 /* lifecycles ended by a drop */
 #define KN_STAT_QUIET       6 /* ended, below the policy: only counted in the histograms */
 #define KN_STAT_NO_DATA     7 /* closed at enqueue: no payload (pure ACK/control), never read */
-#define KN_STAT_MAX         8
+#define KN_STAT_EVICTED     8 /* an arrival took a slot still holding another skb's lifecycle
+                                 (set full): that one is lost, or had ended unseen */
+#define KN_STAT_UNSEEN      9 /* protocol stage of a packet in scope with no recorded arrival */
+#define KN_STAT_MAX         10
 
 struct kn_life_event {
 	__u64 t_arrival;

@@ -19,6 +19,17 @@
  * __print_symbolic tables, the RPS IPI function's address (KN_RPS_FUNC) from
  * kallsyms; all arrive as -D constants (probes/softirq.py). Optional parts are
  * compiled out with KN_HAVE_* 0.
+ *
+ * Raw tracepoints: with KN_RAW_<KEY> 1 a program is attached as a raw tracepoint and
+ * takes its arguments from ctx->args[KN_ARG_<KEY>_<ROLE>] (positions from the running
+ * kernel's BTF btf_trace_* prototypes; task_struct.pid at KN_OFF_TASK_PID from BTF);
+ * the kernel then builds no trace record and does not skip the program when it fires
+ * nested in another BPF program. With 0 it is the classic tracepoint (KN_TP_* offsets).
+ *
+ * Cost: programs test the vector (raise/entry/exit) or the pending NET_RX state
+ * (switch/waking/napi) before anything else; the name and cgroup of the task
+ * interrupted at entry are read at exit and only for a run that becomes a record (the
+ * softirq runs in that task's context from entry to exit).
  */
 #include "softirq.h"
 
@@ -51,6 +62,39 @@
 #endif
 #ifndef KN_HAVE_IPI
 #define KN_HAVE_IPI 0
+#endif
+#ifndef KN_RAW_RAISE
+#define KN_RAW_RAISE 0
+#endif
+#ifndef KN_RAW_ENTRY
+#define KN_RAW_ENTRY 0
+#endif
+#ifndef KN_RAW_EXIT
+#define KN_RAW_EXIT 0
+#endif
+#ifndef KN_RAW_SWITCH
+#define KN_RAW_SWITCH 0
+#endif
+#ifndef KN_RAW_WAKING
+#define KN_RAW_WAKING 0
+#endif
+#ifndef KN_RAW_NAPI
+#define KN_RAW_NAPI 0
+#endif
+#ifndef KN_OFF_TASK_PID
+#define KN_OFF_TASK_PID -1
+#endif
+#define KN_ARG(i) (((u64 *)ctx)[(i)])
+/* the vector of a softirq_* event: an argument (raw) or a record field (classic) */
+#define KN_VEC_OF(key) (KN_RAW_##key ? (u32)KN_ARG(KN_ARG_##key##_VEC) : *(u32 *)(ctx + KN_TP_##key##_VEC))
+#ifndef KN_ARG_RAISE_VEC
+#define KN_ARG_RAISE_VEC 0
+#endif
+#ifndef KN_ARG_ENTRY_VEC
+#define KN_ARG_ENTRY_VEC 0
+#endif
+#ifndef KN_ARG_EXIT_VEC
+#define KN_ARG_EXIT_VEC 0
 #endif
 
 BPF_RINGBUF_OUTPUT(kn_sirq_events, KN_RINGBUF_PAGES);
@@ -97,6 +141,7 @@ struct kn_sirq_cpu {
 	u32 irq_pid, irq_tid;
 	char irq_comm[16];
 	u32 napi_polls, napi_work, napi_budget, napi_exhausted;
+	int irq_slot;  /* culprit slot opened at entry for the interrupted task: name/cgroup filled at exit */
 };
 BPF_PERCPU_ARRAY(kn_sirq_state, struct kn_sirq_cpu, 1);
 
@@ -141,18 +186,20 @@ static __always_inline void kn_hist(int measure, int idx, u64 v)
 		*sum += v;
 }
 
-/* charge `d` ns of the NET_RX wait to task tid; O(KN_SIRQ_CULPRITS) */
-static __always_inline void kn_charge(struct kn_sirq_cpu *s, u32 tid, u32 pid, const char *comm,
-				      int comm_from_ctx, u64 d)
+/* charge `d` ns of the NET_RX wait to task tid (current); O(KN_SIRQ_CULPRITS). Returns
+ * the slot it opened (-1: none); with fill 0 the new slot's name and cgroup are left for
+ * the caller to fill later (kn_fill_slot, while tid is still current). */
+static __always_inline int kn_charge(struct kn_sirq_cpu *s, u32 tid, u32 pid, const char *comm,
+				     int comm_from_ctx, u64 d, int fill)
 {
 	if (!d)
-		return;
+		return -1;
 	int free = -1, min = 0;
 #pragma unroll
 	for (int i = 0; i < KN_SIRQ_CULPRITS; i++) {
 		if (s->slot_ns[i] && s->slot_tid[i] == tid) {
 			s->slot_ns[i] += d;
-			return;
+			return -1;
 		}
 		if (!s->slot_ns[i] && free < 0)
 			free = i;
@@ -164,21 +211,33 @@ static __always_inline void kn_charge(struct kn_sirq_cpu *s, u32 tid, u32 pid, c
 		/* full: the shortest slot gives way only to a longer holder */
 		if (d <= s->slot_ns[min]) {
 			s->other_ns += d;
-			return;
+			return -1;
 		}
 		s->other_ns += s->slot_ns[min];
 		i = min;
 	}
 	if (i < 0 || i >= KN_SIRQ_CULPRITS)
-		return;
+		return -1;
 	s->slot_ns[i] = d;
 	s->slot_tid[i] = tid;
 	s->slot_pid[i] = pid;
+	if (!fill)
+		return i;
 	s->slot_cgroup[i] = kn_current_cgroup();  /* the charged task is current in both callers */
 	if (comm_from_ctx)
 		bpf_probe_read_kernel(s->slot_comm[i], 16, comm);
 	else
 		bpf_get_current_comm(s->slot_comm[i], 16);
+	return i;
+}
+
+/* name and cgroup of a slot opened without them (fill 0): the task is current again */
+static __always_inline void kn_fill_slot(struct kn_sirq_cpu *s, int i)
+{
+	if (i < 0 || i >= KN_SIRQ_CULPRITS)
+		return;
+	s->slot_cgroup[i] = kn_current_cgroup();
+	bpf_get_current_comm(s->slot_comm[i], 16);
 }
 
 static __always_inline void kn_reset_wait(struct kn_sirq_cpu *s)
@@ -189,6 +248,7 @@ static __always_inline void kn_reset_wait(struct kn_sirq_cpu *s)
 	s->flags = 0;
 	s->ksoftirqd_wake_ns = 0;
 	s->ksoftirqd_run_ns = 0;
+	s->irq_slot = -1;
 }
 
 static __always_inline u32 kn_ksoftirqd_pid(u32 cpu)
@@ -200,7 +260,7 @@ static __always_inline u32 kn_ksoftirqd_pid(u32 cpu)
 
 int kn_sirq_on_raise(void *ctx)
 {
-	u32 vec = *(u32 *)(ctx + KN_TP_RAISE_VEC);
+	u32 vec = KN_VEC_OF(RAISE);
 	int idx = kn_vec_index(vec);
 	if (idx < 0)
 		return 0;
@@ -220,7 +280,7 @@ int kn_sirq_on_raise(void *ctx)
 
 int kn_sirq_on_entry(void *ctx)
 {
-	u32 vec = *(u32 *)(ctx + KN_TP_ENTRY_VEC);
+	u32 vec = KN_VEC_OF(ENTRY);
 	int idx = kn_vec_index(vec);
 	if (idx < 0)
 		return 0;
@@ -240,8 +300,7 @@ int kn_sirq_on_entry(void *ctx)
 	u32 tid = (u32)pid_tgid, pid = pid_tgid >> 32;
 	s->irq_tid = tid;
 	s->irq_pid = pid;
-	s->irq_cgroup = kn_current_cgroup();
-	bpf_get_current_comm(s->irq_comm, sizeof(s->irq_comm));
+	s->irq_slot = -1;
 	s->napi_polls = s->napi_work = s->napi_budget = s->napi_exhausted = 0;
 	u32 ksoftirqd = kn_ksoftirqd_pid(bpf_get_smp_processor_id());
 	if (ksoftirqd && tid == ksoftirqd) {
@@ -250,7 +309,7 @@ int kn_sirq_on_entry(void *ctx)
 		/* the interrupted task held the CPU from its switch-in (or the wait's start) */
 		u64 from = s->since > v->run_start_ns ? s->since : v->run_start_ns;
 		if (now > from)
-			kn_charge(s, tid, pid, 0, 0, now - from);
+			s->irq_slot = kn_charge(s, tid, pid, 0, 0, now - from, 0);
 	}
 	if (s->ipi_ns && v->run_start_ns && s->ipi_ns <= v->run_start_ns) {
 		v->run_start_ns = s->ipi_ns;
@@ -262,7 +321,7 @@ int kn_sirq_on_entry(void *ctx)
 
 int kn_sirq_on_exit(void *ctx)
 {
-	u32 vec = *(u32 *)(ctx + KN_TP_EXIT_VEC);
+	u32 vec = KN_VEC_OF(EXIT);
 	int idx = kn_vec_index(vec);
 	if (idx < 0)
 		return 0;
@@ -310,10 +369,12 @@ int kn_sirq_on_exit(void *ctx)
 					e->ksoftirqd_wake_ns = s->ksoftirqd_wake_ns;
 					e->ksoftirqd_run_ns = s->ksoftirqd_run_ns;
 					e->other_ns = s->other_ns;
-					e->irq_cgroup = s->irq_cgroup;
+					/* the interrupted task is current again: its name and cgroup now */
+					kn_fill_slot(s, s->irq_slot);
+					e->irq_cgroup = kn_current_cgroup();
 					e->irq_pid = s->irq_pid;
 					e->irq_tid = s->irq_tid;
-					__builtin_memcpy(e->irq_comm, s->irq_comm, 16);
+					bpf_get_current_comm(e->irq_comm, sizeof(e->irq_comm));
 					e->napi_polls = s->napi_polls;
 					e->napi_work = s->napi_work;
 					e->napi_budget = s->napi_budget;
@@ -360,12 +421,23 @@ int kn_sirq_on_switch(void *ctx)
 		/* NET_RX is pending: the task switched out (current) held the CPU */
 		u64 from = s->since > start ? s->since : start;
 		u64 pid_tgid = bpf_get_current_pid_tgid();
+#if KN_RAW_SWITCH
+		/* prev is current at sched_switch: its tid and name from the task helpers */
+		if (now > from)
+			kn_charge(s, (u32)pid_tgid, pid_tgid >> 32, 0, 0, now - from, 1);
+#else
 		u32 prev = *(u32 *)(ctx + KN_TP_SWITCH_PREV_PID);
 		if (now > from)
-			kn_charge(s, prev, pid_tgid >> 32, ctx + KN_TP_SWITCH_PREV_COMM, 1, now - from);
+			kn_charge(s, prev, pid_tgid >> 32, ctx + KN_TP_SWITCH_PREV_COMM, 1, now - from, 1);
+#endif
 		s->switches++;
 		if (s->ksoftirqd_wake_ns && !s->ksoftirqd_run_ns) {
+#if KN_RAW_SWITCH
+			u32 next = 0;
+			bpf_probe_read_kernel(&next, sizeof(next), (void *)KN_ARG(KN_ARG_SWITCH_NEXT) + KN_OFF_TASK_PID);
+#else
 			u32 next = *(u32 *)(ctx + KN_TP_SWITCH_NEXT_PID);
+#endif
 			if (next && next == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
 				s->ksoftirqd_run_ns = now;
 				s->flags |= KN_SIRQ_F_KSOFTIRQD_RAN;
@@ -383,7 +455,12 @@ int kn_sirq_on_waking(void *ctx)
 	struct kn_sirq_cpu *s = kn_state();
 	if (!s || !s->v[KN_SIRQ_IDX_RX].start_ns || s->ksoftirqd_wake_ns)
 		return 0;
+#if KN_RAW_WAKING
+	u32 pid = 0;
+	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)KN_ARG(KN_ARG_WAKING_P) + KN_OFF_TASK_PID);
+#else
 	u32 pid = *(u32 *)(ctx + KN_TP_WAKING_PID);
+#endif
 	if (pid && pid == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
 		s->ksoftirqd_wake_ns = bpf_ktime_get_ns();
 		s->flags |= KN_SIRQ_F_KSOFTIRQD_WOKEN;
@@ -398,8 +475,13 @@ int kn_sirq_on_napi_poll(void *ctx)
 	struct kn_sirq_cpu *s = kn_state();
 	if (!s || !s->v[KN_SIRQ_IDX_RX].entry_ns)
 		return 0;  /* busy polling outside a NET_RX run */
+#if KN_RAW_NAPI
+	int work = (int)KN_ARG(KN_ARG_NAPI_WORK);
+	int budget = (int)KN_ARG(KN_ARG_NAPI_BUDGET);
+#else
 	int work = *(int *)(ctx + KN_TP_NAPI_WORK);
 	int budget = *(int *)(ctx + KN_TP_NAPI_BUDGET);
+#endif
 	s->napi_polls++;
 	if (work > 0)
 		s->napi_work += work;

@@ -5,7 +5,9 @@ Observable counters read the collector's counters at each export:
 - ``kernelnet.collector.events`` {probe}: kernel records turned into spans
 - ``kernelnet.collector.spans.exported``: spans the sink accepted
 - ``kernelnet.collector.lost`` {stage, probe}: ring_buffer_full, rate_capped,
-  undecodable, kernel_nested_bpf (tracepoint hits the kernel skipped because another
+  undecodable, slot_evicted (lifecycle: an arrival overwrote an unfinished lifecycle in
+  the kernel's slot table), arrival_unseen (lifecycle: a packet reached the protocol
+  stage with no recorded arrival), kernel_nested_bpf (tracepoint hits the kernel skipped because another
   tracing BPF program was running on that CPU) per probe; export_queue_full,
   export_failed (pipeline)
 
@@ -61,7 +63,8 @@ from .metrics_model import HistogramPoint
 from .sinks import ENV_ENDPOINT, OtlpTarget
 
 LOSS_STATS = {"ringbuf_full": "ring_buffer_full", "rate_capped": "rate_capped", "decode_errors": "undecodable",
-              "kernel_missed": "kernel_nested_bpf"}
+              "kernel_missed": "kernel_nested_bpf", "evicted": "slot_evicted",
+              "unseen": "arrival_unseen"}
 
 
 class JsonLinesMetricExporter(MetricExporter):

@@ -51,7 +51,7 @@ import struct as _struct
 import sys
 from array import array
 
-__all__ = ["BTF", "BTFError", "BTF_MAGIC"]
+__all__ = ["BTF", "BTFError", "BTF_MAGIC", "raw_args"]
 
 BTF_MAGIC = 0xEB9F
 _HDR_MIN = 24  # magic..str_len
@@ -554,5 +554,89 @@ class BTF:
                 j += 3
         return items
 
+    def type_text(self, tid: int, depth: int = 0) -> str:
+        """C-like spelling of a type, qualifiers dropped: ``struct sk_buff *``,
+        ``enum skb_drop_reason``, ``unsigned int``, ``bool`` (typedef names are kept)."""
+        if depth > 32:
+            raise BTFError(f"{self._source}: type nesting too deep at [{tid}]")
+        if tid == 0:
+            return "void"
+        _, kind, _, _, nxt = self._rec(tid)
+        if kind in (KIND_CONST, KIND_VOLATILE, KIND_RESTRICT, KIND_TYPE_TAG):
+            return self.type_text(nxt, depth + 1)
+        if kind == KIND_PTR:
+            return self.type_text(nxt, depth + 1) + " *"
+        if kind == KIND_FUNC_PROTO:
+            return "fn"
+        prefix = {KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ", KIND_ENUM64: "enum ",
+                  KIND_FWD: "struct "}.get(kind, "")
+        return prefix + (self.type_name(tid) or "(anon)")
+
+    def raw_tracepoint_args(self, tracepoint: str) -> list[str] | None:
+        """The arguments a raw tracepoint program receives for ``tracepoint``, in order,
+        as :meth:`type_text` spells them; None when this BTF does not describe it.
+
+        Every tracepoint has a ``btf_trace_<name>`` typedef: a pointer to a function
+        whose first parameter is the probe's ``void *`` data, followed by the
+        tracepoint's TP_PROTO arguments, which are exactly what a raw tracepoint
+        program gets as ``ctx->args[0..n-1]`` (each widened to 64 bits)."""
+        for t in self._by_name(f"btf_trace_{tracepoint}", (KIND_TYPEDEF,)):
+            _, _, _, _, ptr = self._rec(t)
+            if not ptr or self._rec(ptr)[1] != KIND_PTR:
+                continue
+            proto = self._rec(ptr)[4]
+            if not proto or self._rec(proto)[1] != KIND_FUNC_PROTO:
+                continue
+            i, _, vlen, _, _ = self._rec(proto)
+            params = [self.type_text(self._w[i + 3 + 2 * k + 1]) for k in range(vlen)]
+            if not params or params[0] != "void *":
+                return None
+            return params[1:]
+        return None
+
     def __repr__(self) -> str:
         return f"<BTF {self._source}: {self.type_count} types>"
+
+
+def raw_args(btf: object | None, tracepoint: str, roles: "list[tuple[str, str]]",
+             expect: "list[str] | None" = None) -> "tuple[dict[str, int] | None, str]":
+    """Which raw tracepoint argument plays each role, from the running kernel's BTF.
+
+    ``roles``: (role, type as :meth:`BTF.type_text` spells it), e.g. ``("skb",
+    "struct sk_buff *")``. A role whose type occurs exactly once among the arguments
+    is found by that type wherever it is. Types occurring more than once (two
+    ``struct task_struct *`` of sched_switch, two ``int`` of napi_poll) cannot be told
+    apart by type, so then the whole argument list must equal ``expect`` (the
+    prototype the roles were written against) and the roles of that type take its
+    positions in order. Returns ({role: index}, "") or (None, why not) -- the caller
+    then falls back to the classic tracepoint.
+
+    >>> raw_args(None, "netif_rx", [("skb", "struct sk_buff *")])
+    (None, 'no kernel BTF')
+    """
+    if btf is None or not hasattr(btf, "raw_tracepoint_args"):
+        return None, "no kernel BTF"
+    try:
+        args = btf.raw_tracepoint_args(tracepoint)
+    except BTFError as e:
+        return None, f"BTF of btf_trace_{tracepoint} unreadable ({e})"
+    if args is None:
+        return None, f"BTF has no prototype for it (btf_trace_{tracepoint})"
+    out: dict[str, int] = {}
+    taken: dict[str, int] = {}
+    for role, typ in roles:
+        where = [i for i, a in enumerate(args) if a == typ]
+        if not where:
+            return None, f"its arguments ({', '.join(args)}) have no {typ} for {role}"
+        if len(where) > 1:
+            if expect is None or args != list(expect):
+                return None, (f"its arguments ({', '.join(args)}) differ from the prototype known here "
+                              f"({', '.join(expect or [])}): {typ} is ambiguous")
+            n = taken.get(typ, 0)
+            if n >= len(where):
+                return None, f"more roles of type {typ} than arguments"
+            taken[typ] = n + 1
+            out[role] = where[n]
+        else:
+            out[role] = where[0]
+    return out, ""

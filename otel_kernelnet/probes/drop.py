@@ -13,7 +13,6 @@ and ``protocol``. Degrades without: ``reason`` (all drops ``unknown:0``), ``rx_s
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +21,7 @@ from ..kernel import tracefs
 from ..kernel.tracefs import TracepointFormat
 from ..spans import DropEvent, drop_span
 from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe
+from .rawtp import FALLBACK_COST, Raw, attach_name, choose
 
 TRACEPOINT = ("skb", "kfree_skb")
 REQUIRED_FIELDS = ("skbaddr", "location", "protocol")
@@ -43,6 +43,7 @@ BTF_MEMBERS = (
     ("KN_OFF_NET_NS_INUM", "net", "ns.inum"),
     ("KN_OFF_SK_COOKIE", "sock", "__sk_common.skc_cookie"),
     ("KN_OFF_SK_NET", "sock", "__sk_common.skc_net"),
+    ("KN_OFF_SKB_PROTOCOL", "sk_buff", "protocol"),
 )
 # groups that only work together: if one member is missing, the whole group is off
 BTF_GROUPS = {
@@ -54,6 +55,9 @@ BTF_GROUPS = {
     "socket network namespace": ("KN_OFF_SK_NET",),
     "packet length": ("KN_OFF_SKB_LEN",),
 }
+# the raw tracepoint's arguments (rawtp.py); skb->protocol then comes through BTF
+RAW = Raw((("skb", "struct sk_buff *"), ("location", "void *"), ("reason", "enum skb_drop_reason"),
+           ("rx_sk", "struct sock *")))
 
 RECORD = records.record_type("drop", "kn_drop_event")
 FLAGS = records.defines("drop")
@@ -66,14 +70,19 @@ class Plan:
     format: TracepointFormat
     defines: dict[str, int] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # classic instead of raw tracepoint, and why
 
     def reason_name(self, code: int) -> str:
         return self.format.symbol("reason", code)
 
+    def attach_points(self) -> list[tuple[str, str]]:
+        """(what Loader.attach takes: raw:kfree_skb or skb:kfree_skb, program)."""
+        return [(attach_name(self.defines, "DROP", *TRACEPOINT), "kn_on_kfree_skb")]
+
     def describe(self) -> str:
         n = len(self.format.symbols.get("reason", {}))
         fields = ", ".join(f for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if f in self.format.fields)
-        return f"fields {fields}; {n} drop-reason names from the kernel"
+        return f"{self.attach_points()[0][0]}: fields {fields}; {n} drop-reason names from the kernel"
 
 
 def btf_offsets(btf: object | None) -> tuple[dict[str, int], list[str]]:
@@ -121,33 +130,42 @@ def plan(fmt: TracepointFormat | None = None, btf: object | None = None,
     offs, lost = btf_offsets(btf)
     d.update(offs)
     p.degraded.extend(lost)
+    # raw tracepoint with the same information the format file offers (a hidden field stays hidden)
+    roles = ("skb", "location", *(f for f in OPTIONAL_FIELDS if d[f"KN_TP_{f.upper()}"] >= 0))
+    raw_d, why = choose(btf, "DROP", TRACEPOINT[1], "%s:%s" % TRACEPOINT, RAW, roles)
+    if raw_d["KN_RAW_DROP"] and offs["KN_OFF_SKB_PROTOCOL"] < 0:
+        raw_d, why = {"KN_RAW_DROP": 0}, f"skb:kfree_skb: BTF lacks sk_buff.protocol: {FALLBACK_COST}"
+    d.update(raw_d)
+    if why:
+        p.fallbacks.append(why)
     d["KN_RATE_LIMIT"] = int(rate_limit)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     return p
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+# decode: one struct.unpack_from of the fields DropEvent takes straight from the record
+# (in DropEvent's order, at the offsets the header gives), then the flag bits and strings
+_LAYOUT = records.layout("drop", "kn_drop_event")
+_DIRECT = tuple(f for f in DropEvent.__dataclass_fields__ if f in _LAYOUT.fields and f not in ("comm", "ifname"))
+_READ = _LAYOUT.reader(*_DIRECT, "flags", "comm", "ifname")
+_SIZE = _LAYOUT.size
+# DropEvent's fields that come from flag bits, in DropEvent's order, and their bits
+_FLAG_FIELDS = {"has_sk": "KN_DROP_F_HAS_SK", "has_addr": "KN_DROP_F_ADDR", "ipv6": "KN_DROP_F_IPV6",
+                "has_dev": "KN_DROP_F_DEV", "owner_sk": "KN_DROP_F_OWNER_SK"}
+_N = len(_DIRECT)
+# the layout below is what decode() assumes of DropEvent's field order: checked at import
+assert tuple(DropEvent.__dataclass_fields__) == (*_DIRECT[:_N - 2], *_FLAG_FIELDS, *_DIRECT[_N - 2:], "comm", "ifname"), \
+    "DropEvent's fields: the record's scalars, the flag booleans, saddr, daddr, comm, ifname"
+_FLAG_BOOLS = tuple(tuple(bool(f & FLAGS[bit]) for bit in _FLAG_FIELDS.values()) for f in range(256))
 
 
-def decode(buf: bytes | bytearray | memoryview) -> DropEvent:
+def decode(buf: bytes | bytearray | memoryview, _read=_READ, _flags=_FLAG_BOOLS, _cstr=records.cstr,
+           _Ev=DropEvent, _n=_N - 2) -> DropEvent:
     """Decode one ``struct kn_drop_event`` (exactly as drop.h lays it out)."""
-    if len(buf) < ctypes.sizeof(RECORD):
-        raise ValueError(f"drop record too short: {len(buf)} < {ctypes.sizeof(RECORD)} bytes")
-    r = RECORD.from_buffer_copy(bytes(buf[:ctypes.sizeof(RECORD)]))
-    flags = r.flags
-    return DropEvent(
-        ts_ns=r.ts_ns, location=r.location, skbaddr=r.skbaddr, sk_cookie=r.sk_cookie,
-        reason=r.reason, netns=r.netns, pid=r.pid, tid=r.tid, cpu=r.cpu, ifindex=r.ifindex,
-        len=r.len, protocol=r.protocol, sport=r.sport, dport=r.dport, l4proto=r.l4proto,
-        has_sk=bool(flags & FLAGS["KN_DROP_F_HAS_SK"]),
-        has_addr=bool(flags & FLAGS["KN_DROP_F_ADDR"]),
-        ipv6=bool(flags & FLAGS["KN_DROP_F_IPV6"]),
-        has_dev=bool(flags & FLAGS["KN_DROP_F_DEV"]),
-        owner_sk=bool(flags & FLAGS["KN_DROP_F_OWNER_SK"]),
-        saddr=bytes(r.saddr), daddr=bytes(r.daddr),
-        comm=_cstr(bytes(r.comm)), ifname=_cstr(bytes(r.ifname)),
-    )
+    if len(buf) < _SIZE:
+        raise ValueError(f"drop record too short: {len(buf)} < {_SIZE} bytes")
+    v = _read(buf)  # the scalars, saddr, daddr, flags, comm, ifname
+    return _Ev(*v[:_n], *_flags[v[-3]], v[_n], v[_n + 1], _cstr(v[-2]), _cstr(v[-1]))
 
 
 def link_memory_pressure(span, links) -> None:
@@ -192,4 +210,4 @@ class DropProbe(RingBufferProbe):
                  scope_netns: frozenset[int] | None = None):
         self.plan = plan_
         super().__init__(loader, "drop", "drop.bpf.c", plan_.defines, "kn_drop_events",
-                         [("%s:%s" % TRACEPOINT, "kn_on_kfree_skb")], decode, on_event, on_error, STATS, scope_netns)
+                         plan_.attach_points(), decode, on_event, on_error, STATS, scope_netns)

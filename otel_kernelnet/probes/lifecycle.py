@@ -12,15 +12,16 @@ Stages (tracepoints; each stage becomes a span event with its own timestamp):
 - **read**: ``skb:skb_copy_datagram_iovec`` in the reader's task (pid/tid/comm);
 - **drop**: ``skb:kfree_skb`` (reason named by the running kernel).
 
-Stitching happens in the kernel (bpf/lifecycle.bpf.c): an LRU hash keyed by the skb
-address holds the stages, and one record is written per finished lifecycle that the
-volume policy selects (dropped; arrival -> end above ``slow_threshold_us``; cookie on
+Stitching happens in the kernel (bpf/lifecycle.bpf.c): a 2-way set-associative table
+of slots indexed by a hash of the skb address holds the stages (an arrival takes the
+older slot of its set; twice ``max_in_flight`` slots, rounded up to a power of two), and one
+record is written per finished lifecycle that the volume policy selects (dropped; arrival -> end above ``slow_threshold_us``; cookie on
 the watch list; 1 in ``sample_one_in``), under a per-CPU per-second cap. Every
 finished lifecycle feeds per-stage log2 histograms (``histograms()``), exported as
 OTel metrics.
 
 Caveats: a TCP segment coalesced into the previous one in the receive queue is read
-as part of that one (its own lifecycle is evicted quietly from the LRU); UDP and other
+as part of that one (its own lifecycle is overwritten quietly in the slot table); UDP and other
 protocols have no enqueue stage, so their spans carry the packet's 4-tuple but no
 cookie (the join falls back to the 4-tuple). Requirements: tracefs; the tracepoints
 ``net:netif_rx``, ``net:netif_receive_skb``, ``skb:skb_copy_datagram_iovec``,
@@ -41,10 +42,11 @@ from ..kernel.tracefs import TracepointFormat
 from ..export.metrics_model import HistogramPoint
 from ..spans import L4_NAMES, STATUS_ERROR, STATUS_UNSET, IdSource, KernelSpan, SpanEvent, ip_text
 from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
+from .rawtp import Raw, attach_name, choose
 
 RECORD = records.record_type("lifecycle", "kn_life_event")
 DEFS = records.defines("lifecycle")
-STATS = ("emitted", "rate_capped", "ringbuf_full", "arrived", "read", "dropped", "quiet", "no_data")
+STATS = ("emitted", "rate_capped", "ringbuf_full", "arrived", "read", "dropped", "quiet", "no_data", "evicted", "unseen")
 assert len(STATS) == DEFS["KN_STAT_MAX"]
 STAGES = ("backlog", "protocol", "socket", "total")  # histogram stage names, KN_LIFE_H_* order
 assert len(STAGES) == DEFS["KN_LIFE_H_STAGES"]
@@ -63,27 +65,32 @@ class Tracepoint:
     fields: Mapping[str, int]  # field -> size it must have
     have: str = ""  # KN_HAVE_<have> macro when optional ("" = required)
     what: str = ""  # what is lost without it
+    raw: Raw | None = None  # the program can run as a raw tracepoint (rawtp.py), with these arguments
 
     @property
     def full_name(self) -> str:
         return f"{self.category}:{self.name}"
 
 
+_SKB = Raw((("skb", "struct sk_buff *"),))
 TRACEPOINTS = (
-    Tracepoint("RX", "net", "netif_rx", "kn_on_netif_rx", {"skbaddr": 8}),
+    Tracepoint("RX", "net", "netif_rx", "kn_on_netif_rx", {"skbaddr": 8}, raw=_SKB),
     Tracepoint("GRO", "net", "napi_gro_receive_entry", "kn_on_gro_entry", {"skbaddr": 8}, "GRO",
-               "packets of GRO-capable NICs start at netif_receive_skb (no backlog stage)"),
+               "packets of GRO-capable NICs start at netif_receive_skb (no backlog stage)", raw=_SKB),
     Tracepoint("RCV_ENTRY", "net", "netif_receive_skb_entry", "kn_on_rcv_entry", {"skbaddr": 8}, "RCV_ENTRY",
-               "packets of NICs without GRO are not followed"),
+               "packets of NICs without GRO are not followed", raw=_SKB),
     Tracepoint("RCV_LIST_ENTRY", "net", "netif_receive_skb_list_entry", "kn_on_rcv_list_entry",
-               {"skbaddr": 8}, "RCV_LIST_ENTRY", "packets of NICs delivering lists are not followed"),
-    Tracepoint("RCV", "net", "netif_receive_skb", "kn_on_netif_receive_skb", {"skbaddr": 8}),
+               {"skbaddr": 8}, "RCV_LIST_ENTRY", "packets of NICs delivering lists are not followed", raw=_SKB),
+    Tracepoint("RCV", "net", "netif_receive_skb", "kn_on_netif_receive_skb", {"skbaddr": 8}, raw=_SKB),
+    # tcp_probe stays classic: its record holds values the kernel derives (cookie, data_len)
     Tracepoint("PROBE", "tcp", "tcp_probe", "kn_on_tcp_probe",
                {"skbaddr": 8, "skaddr": 8, "sock_cookie": 8, "saddr": 28, "daddr": 28,
                 "sport": 2, "dport": 2, "family": 2, "data_len": 2}, "TCP_PROBE",
                "no socket-enqueue stage and no socket cookie on lifecycle spans (join by 4-tuple)"),
-    Tracepoint("COPY", "skb", "skb_copy_datagram_iovec", "kn_on_copy_datagram", {"skbaddr": 8, "len": 4}),
-    Tracepoint("DROP", "skb", "kfree_skb", "kn_on_kfree_skb", {"skbaddr": 8}),
+    Tracepoint("COPY", "skb", "skb_copy_datagram_iovec", "kn_on_copy_datagram", {"skbaddr": 8, "len": 4},
+               raw=Raw((("skb", "struct sk_buff *"), ("len", "int")))),
+    Tracepoint("DROP", "skb", "kfree_skb", "kn_on_kfree_skb", {"skbaddr": 8},
+               raw=Raw((("skb", "struct sk_buff *"), ("reason", "enum skb_drop_reason")))),
 )
 
 # (macro, struct, member path, group): read through pointers, offsets from BTF
@@ -100,6 +107,26 @@ BTF_MEMBERS = (
     ("KN_OFF_SKB_END", "sk_buff", "end", "segs"),
     ("KN_OFF_SHINFO_GSO_SEGS", "skb_shared_info", "gso_segs", "segs"),
 )
+# the members read in one go at the protocol stage (macro -> size): the sk_buff block
+# KN_SKB_LO..+KN_SKB_SPAN and the net_device block KN_DEV_LO..+KN_DEV_SPAN
+SKB_BLOCK = {"KN_OFF_SKB_DEV": 8, "KN_OFF_SKB_DATA": 8, "KN_OFF_SKB_PROTOCOL": 2, "KN_OFF_SKB_HEAD": 8,
+             "KN_OFF_SKB_END": 4}
+DEV_BLOCK = {"KN_OFF_DEV_ND_NET": 8, "KN_OFF_DEV_IFINDEX": 4, "KN_OFF_DEV_NAME": 16}
+BLOCK_MAX = 256  # bytes: a block read lands on the BPF stack (512 bytes in all)
+
+
+def block(offs: Mapping[str, int], members: Mapping[str, int]) -> tuple[int, int]:
+    """(lowest offset, span) covering the known members; (0, 0) if none or too wide.
+
+    >>> block({"A": 16, "B": 200, "C": -1}, {"A": 8, "B": 8, "C": 2})
+    (16, 192)
+    """
+    known = [(offs[m], size) for m, size in members.items() if offs.get(m, -1) >= 0]
+    if not known:
+        return 0, 0
+    lo = min(o for o, _ in known)
+    span = max(o + size for o, size in known) - lo
+    return (lo, span) if span <= BLOCK_MAX else (0, 0)
 BTF_LOSS = {
     "dev": "no network namespace or device on lifecycle spans (and no namespace scoping)",
     "ifname": "no device name on lifecycle spans",
@@ -115,17 +142,22 @@ class Plan:
     defines: dict[str, int] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     drop_reasons: Mapping[int, str] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)  # programs kept on classic tracepoints, and why
 
     @property
     def attach(self) -> list[Tracepoint]:
         return [tp for tp in TRACEPOINTS if tp.key in self.formats]
+
+    def attach_points(self) -> list[tuple[str, str]]:
+        """(what Loader.attach takes: raw:<name> or <category>:<name>, program)."""
+        return [(attach_name(self.defines, tp.key, tp.category, tp.name), tp.fn) for tp in self.attach]
 
     def reason_name(self, code: int) -> str:
         name = self.drop_reasons.get(code)
         return name if name is not None else f"unknown:{code}"
 
     def describe(self) -> str:
-        return f"{len(self.formats)} tracepoints ({', '.join(tp.full_name for tp in self.attach)})"
+        return f"{len(self.formats)} tracepoints ({', '.join(n for n, _ in self.attach_points())})"
 
 
 def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat | None]:
@@ -196,10 +228,34 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
     offs, lost = btf_offsets(btf)
     d.update(offs)
     degraded.extend(lost)
+    d["KN_SKB_LO"], d["KN_SKB_SPAN"] = block(offs, SKB_BLOCK)
+    d["KN_DEV_LO"], d["KN_DEV_SPAN"] = block(offs, DEV_BLOCK)
+    fallbacks: list[str] = []
+    for tp in TRACEPOINTS:
+        if tp.key not in usable:
+            continue
+        roles = ("skb", "len") if tp.key != "DROP" else (("skb", "reason") if d["KN_TP_DROP_REASON"] >= 0 else ("skb",))
+        raw_d, why = choose(btf, tp.key, tp.name, tp.full_name, tp.raw, roles)
+        d.update(raw_d)
+        if why:
+            fallbacks.append(why)
     d.update(KN_SLOW_NS=int(slow_threshold_us) * 1000, KN_SAMPLE_N=int(sample_one_in),
              KN_RATE_LIMIT=int(rate_limit), KN_RINGBUF_PAGES=int(ringbuf_pages),
-             KN_LIFE_MAX=int(max_in_flight), KN_WATCH_MAX=int(max_watched))
-    return Plan(usable, d, degraded, reasons)
+             KN_LIFE_BITS=slot_bits(max_in_flight), KN_WATCH_MAX=int(max_watched))
+    return Plan(usable, d, degraded, reasons, fallbacks)
+
+
+def slot_bits(max_in_flight: int) -> int:
+    """log2 of the slot table size: twice max_in_flight, rounded up to a power of two
+    (headroom for the set-associative table; with exactly max_in_flight slots and one
+    way, a TCP bulk transfer lost up to ~1 in 3,000 backlog stages; 2 ways and twice
+    the slots, a few in 100,000: see docs/probes/lifecycle.md, a residual loss whose
+    cause is not established).
+
+    >>> slot_bits(16384), slot_bits(16385), slot_bits(64)
+    (15, 16, 7)
+    """
+    return max(7, (2 * int(max_in_flight) - 1).bit_length())
 
 
 # --- decode ------------------------------------------------------------------------
@@ -241,26 +297,18 @@ class LifeEvent:
         return bool(self.flags & DEFS[f"KN_LIFE_F_{flag}"])
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+# one struct.unpack_from in LifeEvent's field order, at the header's offsets (records.py)
+_READ_EVENT = records.event_reader(records.layout("lifecycle", "kn_life_event"), LifeEvent, text=("comm", "ifname"))
 
 
 def decode(buf: bytes | bytearray | memoryview) -> LifeEvent:
     n = ctypes.sizeof(RECORD)
     if len(buf) < n:
         raise ValueError(f"lifecycle record too short: {len(buf)} < {n} bytes")
-    r = RECORD.from_buffer_copy(bytes(buf[:n]))
-    if not r.t_arrival or not r.t_end:
+    ev = _READ_EVENT(buf)
+    if not ev.t_arrival or not ev.t_end:
         raise ValueError("lifecycle record without arrival or end time")
-    return LifeEvent(
-        t_arrival=r.t_arrival, t_proto=r.t_proto, t_enqueue=r.t_enqueue, t_end=r.t_end,
-        skbaddr=r.skbaddr, skaddr=r.skaddr, sk_cookie=r.sk_cookie, netns=r.netns, ifindex=r.ifindex,
-        len=r.len, data_len=r.data_len, reason=r.reason, pid=r.pid, tid=r.tid, read_len=r.read_len,
-        cpu_arrival=r.cpu_arrival, cpu_proto=r.cpu_proto, cpu_end=r.cpu_end, segs=r.segs,
-        protocol=r.protocol, sport=r.sport, dport=r.dport, l4proto=r.l4proto, flags=r.flags,
-        why=r.why, arrival_tp=r.arrival_tp, saddr=bytes(r.saddr), daddr=bytes(r.daddr),
-        comm=_cstr(bytes(r.comm)), ifname=_cstr(bytes(r.ifname)),
-    )
+    return ev
 
 
 WHY = (("DROPPED", "dropped"), ("SLOW", "slow"), ("WATCHED", "watched"), ("SAMPLED", "sampled"))
@@ -432,7 +480,7 @@ class LifecycleProbe(RingBufferProbe):
                  scope_netns: frozenset[int] | None = None):
         self.plan = plan_
         super().__init__(loader, "lifecycle", "lifecycle.bpf.c", plan_.defines, "kn_life_events",
-                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS, scope_netns)
+                         plan_.attach_points(), decode, on_event, on_error, STATS, scope_netns)
 
     def loader_percpu_sum(self, map_name: str, count: int) -> list[int]:
         return self._loader.percpu_sum(self.prog, map_name, count)

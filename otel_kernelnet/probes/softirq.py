@@ -40,6 +40,7 @@ from ..kernel import cgroups
 from ..kernel.tracefs import TracepointFormat
 from ..spans import IdSource, KernelSpan, SpanEvent
 from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
+from .rawtp import FALLBACK_COST, Raw, attach_name, choose
 
 RECORD = records.record_type("softirq", "kn_softirq_event")
 DEFS = records.defines("softirq")
@@ -59,23 +60,28 @@ class Tracepoint:
     fn: str
     fields: Mapping[str, int]  # field -> size it must have
     what: str = ""  # what is lost without it ("" = required)
+    raw: Raw | None = None  # the program can run as a raw tracepoint (rawtp.py), with these arguments
 
     @property
     def full_name(self) -> str:
         return f"{self.category}:{self.name}"
 
 
+_VEC = Raw((("vec", "unsigned int"),))
 TRACEPOINTS = (
-    Tracepoint("RAISE", "irq", "softirq_raise", "kn_sirq_on_raise", {"vec": 4}),
-    Tracepoint("ENTRY", "irq", "softirq_entry", "kn_sirq_on_entry", {"vec": 4}),
-    Tracepoint("EXIT", "irq", "softirq_exit", "kn_sirq_on_exit", {"vec": 4}),
+    Tracepoint("RAISE", "irq", "softirq_raise", "kn_sirq_on_raise", {"vec": 4}, raw=_VEC),
+    Tracepoint("ENTRY", "irq", "softirq_entry", "kn_sirq_on_entry", {"vec": 4}, raw=_VEC),
+    Tracepoint("EXIT", "irq", "softirq_exit", "kn_sirq_on_exit", {"vec": 4}, raw=_VEC),
     Tracepoint("SWITCH", "sched", "sched_switch", "kn_sirq_on_switch",
                {"prev_comm": 16, "prev_pid": 4, "next_pid": 4},
-               "no culprits beyond the interrupted task (tasks switched during the wait)"),
+               "no culprits beyond the interrupted task (tasks switched during the wait)",
+               raw=Raw((("prev", "struct task_struct *"), ("next", "struct task_struct *")),
+                       ("bool", "struct task_struct *", "struct task_struct *", "unsigned int"))),
     Tracepoint("WAKING", "sched", "sched_waking", "kn_sirq_on_waking", {"pid": 4},
-               "no ksoftirqd wake-up times"),
+               "no ksoftirqd wake-up times", raw=Raw((("p", "struct task_struct *"),))),
     Tracepoint("NAPI", "napi", "napi_poll", "kn_sirq_on_napi_poll", {"work": 4, "budget": 4},
-               "no napi poll work/budget on long runs"),
+               "no napi poll work/budget on long runs",
+               raw=Raw((("work", "int"), ("budget", "int")), ("struct napi_struct *", "int", "int"))),
     Tracepoint("CSDQ", "csd", "csd_queue_cpu", "kn_sirq_on_csd_queue", {"cpu": 4, "func": 8},
                "no RPS IPI delay (a CPU with interrupts off delaying the raise is not seen)"),
     Tracepoint("CSDE", "csd", "csd_function_entry", "kn_sirq_on_csd_entry", {"func": 8},
@@ -93,10 +99,18 @@ class Plan:
     cgroup: cgroups.Setup
     defines: dict[str, int] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # programs kept on classic tracepoints, and why
 
     @property
     def attach(self) -> list[Tracepoint]:
         return [BY_KEY[k] for k in self.formats]
+
+    def attach_points(self) -> list[tuple[str, str]]:
+        """(what Loader.attach takes: raw:<name> or <category>:<name>, program)."""
+        return [(attach_name(self.defines, tp.key, tp.category, tp.name), tp.fn) for tp in self.attach]
+
+    def describe(self) -> str:
+        return f"{len(self.formats)} tracepoints ({', '.join(n for n, _ in self.attach_points())})"
 
     def vector_name(self, vec: int) -> str:
         name = self.vectors.get(vec)
@@ -176,12 +190,31 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
     cg, lost = cgroups.btf_defines(btf, cgroup)
     d.update(cg)
     degraded.extend(lost)
+    fallbacks = _choose_raw(btf, usable, d)
     d["KN_WAIT_THRESHOLD_NS"] = int(wait_threshold_ms * 1_000_000)
     d["KN_RUN_THRESHOLD_NS"] = int(run_threshold_ms * 1_000_000)
     d["KN_RATE_LIMIT"] = int(rate_limit)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     d["KN_MAX_CPUS"] = int(max_cpus or possible_cpus())
-    return Plan(usable, vectors, cgroup, d, degraded)
+    return Plan(usable, vectors, cgroup, d, degraded, fallbacks)
+
+
+def _choose_raw(btf: Any | None, usable: Mapping[str, TracepointFormat], d: dict[str, Any]) -> list[str]:
+    """Raw tracepoints where this kernel's BTF allows (rawtp.py): -D settings into ``d``,
+    the fallback lines returned."""
+    out: list[str] = []
+    for key, _fmt in usable.items():
+        tp = BY_KEY[key]
+        raw_d, why = choose(btf, tp.key, tp.name, tp.full_name, tp.raw)
+        if raw_d.get(f"KN_RAW_{key}") and key in ("SWITCH", "WAKING"):  # they read task_struct.pid
+            try:
+                d["KN_OFF_TASK_PID"] = btf.offsetof("task_struct", "pid")  # type: ignore[union-attr]
+            except Exception:
+                raw_d, why = {f"KN_RAW_{key}": 0}, f"{tp.full_name}: BTF lacks task_struct.pid: {FALLBACK_COST}"
+        d.update(raw_d)
+        if why:
+            out.append(why)
+    return out
 
 
 # --- decode ------------------------------------------------------------------------
@@ -232,8 +265,13 @@ class SoftirqEvent:
         return self.exit_ns - self.entry_ns
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+# the SoftirqEvent fields the record holds under the same name, plus the culprit
+# arrays: one struct.unpack_from at the header's offsets (records.py)
+_SIRQ_LAYOUT = records.layout("softirq", "kn_softirq_event")
+_SIRQ_NAMES = tuple(f for f in SoftirqEvent.__dataclass_fields__ if f in _SIRQ_LAYOUT.fields)
+_SIRQ_CULPRIT = ("culprit_pid", "culprit_tid", "culprit_comm", "culprit_cgroup", "culprit_ns")
+_SIRQ_READ = _SIRQ_LAYOUT.reader(*_SIRQ_NAMES, *_SIRQ_CULPRIT)
+_SIRQ_N = len(_SIRQ_NAMES)
 
 
 def decode(buf: bytes | bytearray | memoryview) -> SoftirqEvent:
@@ -241,25 +279,14 @@ def decode(buf: bytes | bytearray | memoryview) -> SoftirqEvent:
     n = ctypes.sizeof(RECORD)
     if len(buf) < n:
         raise ValueError(f"softirq record too short: {len(buf)} < {n} bytes")
-    raw = bytes(buf[:n])
-    r = RECORD.from_buffer_copy(raw)
-    # a char array field reads back cut at its first NUL: take the 4 names from the bytes
-    off = RECORD.culprit_comm.offset
-    comms = raw[off:off + RECORD.culprit_comm.size]
-    culprits = [Culprit(r.culprit_pid[i], r.culprit_tid[i], _cstr(comms[16 * i:16 * i + 16]),
-                        r.culprit_cgroup[i], r.culprit_ns[i])
-                for i in range(CULPRITS) if r.culprit_ns[i]]
+    v = _SIRQ_READ(buf)
+    kw = dict(zip(_SIRQ_NAMES, v))
+    pids, tids, comms, cgids, nss = v[_SIRQ_N:]
+    culprits = [Culprit(pids[i], tids[i], records.cstr(comms[16 * i:16 * i + 16]), cgids[i], nss[i])
+                for i in range(CULPRITS) if nss[i]]
     culprits.sort(key=lambda c: (-c.ns, c.tid))
-    return SoftirqEvent(
-        cpu=r.cpu, vec=r.vec, start_ns=r.start_ns, raise_ns=r.raise_ns, entry_ns=r.entry_ns,
-        exit_ns=r.exit_ns, flags=r.flags, irq_pid=r.irq_pid, irq_tid=r.irq_tid,
-        irq_comm=_cstr(bytes(r.irq_comm)), irq_cgroup=r.irq_cgroup, ipi_ns=r.ipi_ns,
-        ipi_entry_ns=r.ipi_entry_ns, ipi_pid=r.ipi_pid, ipi_comm=_cstr(bytes(r.ipi_comm)),
-        ipi_cgroup=r.ipi_cgroup, ksoftirqd_wake_ns=r.ksoftirqd_wake_ns,
-        ksoftirqd_run_ns=r.ksoftirqd_run_ns, culprits=tuple(culprits), other_ns=r.other_ns,
-        switches=r.switches, napi_polls=r.napi_polls, napi_work=r.napi_work,
-        napi_budget=r.napi_budget, napi_exhausted=r.napi_exhausted,
-    )
+    kw["irq_comm"], kw["ipi_comm"] = records.cstr(kw["irq_comm"]), records.cstr(kw["ipi_comm"])
+    return SoftirqEvent(**kw, culprits=tuple(culprits))
 
 
 # --- mapping -----------------------------------------------------------------------
@@ -393,6 +420,8 @@ class SoftirqFamily(ProbeFamily):
         self.probe: SoftirqProbe | None = None
         self.plan_: Plan | None = None
         self.cgroup_paths: cgroups.CgroupPaths | None = None
+        self.links: Any = None  # set when scoped: the LinkIndex that holds our spans
+        self.node_metrics = True  # False in a sidecar: the DaemonSet exports the node's histograms
 
     def plan(self, ctx: KernelContext) -> Plan:
         from ..kernel.ksyms import KernelSymbols, KsymsError
@@ -409,18 +438,25 @@ class SoftirqFamily(ProbeFamily):
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         self.plan_ = plan_
         self.cgroup_paths = cgroups.CgroupPaths(plan_.cgroup.root)
+        self.node_metrics = ctx.cfg["scope.mode"] != "sidecar"
         links = getattr(ctx, "links", None)
+        if links is not None and getattr(ctx, "scope_netns", None) is not None:
+            links.hold_softirq(emit)  # scoped: only the softirqs the scope's packets waited through (links.py)
+            self.links = links
 
         def on_event(ev: SoftirqEvent) -> None:
             span = softirq_span(ev, to_epoch_ns=ctx.clock.to_epoch_ns, ids=ctx.ids,
                                 vector_name=plan_.vector_name, cgroup_path=self.cgroup_paths.path)
-            if links is not None:
-                links.add_softirq(span, ev.cpu)
+            if links is not None and links.add_softirq(span, ev.cpu):
+                return  # held until a packet of the scope links to it
             emit(span)
         self.probe = SoftirqProbe(loader, plan_, on_event, on_error)
 
     def stats(self) -> dict[str, int]:
-        return self.probe.stats() if self.probe else {}
+        out = self.probe.stats() if self.probe else {}
+        if self.links is not None:
+            out.update(self.links.softirq_hold_stats())
+        return out
 
     def histograms(self) -> list[dict]:
         """Log2 histograms of every NET_RX/NET_TX softirq's wait and run since start.
@@ -447,8 +483,10 @@ class SoftirqFamily(ProbeFamily):
 
     def metric_histograms(self) -> list[HistogramPoint]:
         """``histograms()`` as OTel metric points: kernelnet.softirq.{wait,run}.duration
-        {kernelnet.softirq.vector, kernelnet.cpu}, with the kernel-kept ns sums."""
-        if self.probe is None:
+        {kernelnet.softirq.vector, kernelnet.cpu}, with the kernel-kept ns sums. None in
+        sidecar mode: they are the node's (the DaemonSet exports them once); a node-mode
+        collector scoped by ``scope.netns`` (e.g. the lab's) still exports them."""
+        if self.probe is None or not self.node_metrics:
             return []
         sums = self.probe.read_sums()
         out = []
@@ -468,7 +506,7 @@ class SoftirqProbe(RingBufferProbe):
     def __init__(self, loader, plan_: Plan, on_event: Callable[[SoftirqEvent], None], on_error: OnError):
         self.plan = plan_
         super().__init__(loader, "softirq", "softirq.bpf.c", plan_.defines, "kn_sirq_events",
-                         [(tp.full_name, tp.fn) for tp in plan_.attach], decode, on_event, on_error, STATS)
+                         plan_.attach_points(), decode, on_event, on_error, STATS)
         # which pid is each CPU's ksoftirqd (the kernel threads never change pid)
         table = self.prog.bpf["kn_sirq_ksoftirqd"]
         for cpu, pid in ksoftirqd_pids().items():
