@@ -14,7 +14,9 @@ import sys
 from . import __version__
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(lab_scenarios: bool = True) -> argparse.ArgumentParser:
+    """``lab_scenarios=False``: the lab's scenario list is not imported (about 50 ms
+    that `run` does not need); only the lab's own help shows it."""
     p = argparse.ArgumentParser(prog="otel-kernelnet",
                                 description="Linux kernel network events as OpenTelemetry spans.")
     p.add_argument("--version", action="version", version=f"otel-kernelnet {__version__}")
@@ -40,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="reproduce an incident of CASES.md on this machine (root; pfmemalloc is a replay without)",
                          description="Reproduce an incident of CASES.md in network namespaces, diagnose it, "
                                      "remove everything. Exit 0 only when the expected cause comes first.")
-    from .lab import SCENARIOS
-    lab.add_argument("scenario", metavar="SCENARIO", help="one of: " + ", ".join(SCENARIOS))
+    if lab_scenarios:
+        from .lab import SCENARIOS
+        lab.add_argument("scenario", metavar="SCENARIO", help="one of: " + ", ".join(SCENARIOS))
+    else:
+        lab.add_argument("scenario", metavar="SCENARIO", help="see `otel-kernelnet lab --help`")
     lab.add_argument("--output", metavar="DIR", help="new or empty directory for the run's OTLP JSON Lines "
                      "(default: a fresh temporary directory, printed)")
     return p
@@ -95,7 +100,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(lab_scenarios="lab" in words).parse_args(argv)
     try:
         if args.command == "check":
             from .check import main as check_main

@@ -1,10 +1,12 @@
 """The collector's run loop: probes -> decode -> spans -> export, with a live status line.
 
 Lifecycle: resolve where spans go, read what the probes need from the running kernel
-(tracefs format files, BTF, kallsyms), compile and attach, write the ready file, then
-drain the ring buffers every ``ringbuf.poll_interval_ms`` until ``--duration`` passes
-or SIGINT/SIGTERM arrives. On every exit path the probes are detached and the export
-queue is flushed; the final summary says what was seen, exported and lost.
+(tracefs format files, BTF), compile and attach, start the receiver, write the ready
+file (the "start-up:" line says where the time went), then drain the ring buffers
+every ``ringbuf.poll_interval_ms`` until ``--duration`` passes or SIGINT/SIGTERM
+arrives; kallsyms is parsed after the start. On every exit path the tracepoints are
+detached (all at once), the ring buffers drained a last time, the probes freed and the
+export queue flushed; the final summary says what was seen, exported and lost.
 """
 
 from __future__ import annotations
@@ -48,6 +50,40 @@ def load_ksyms() -> tuple[Callable[[int], str], str]:
         return (lambda a: f"0x{a:x}"), str(e)
 
 
+class LazySymbols:
+    """``address -> symbol+offset`` from /proc/kallsyms parsed on another thread (about
+    0.15-0.2 s of Python) once the collector is ready; a lookup before ``load()`` has
+    finished waits for it (at most 30 s, then hex). ``note``: "ok" or why addresses stay hex."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._resolve: Callable[[int], str] = lambda a: f"0x{a:x}"
+        self.note = "not loaded"
+
+    def load(self) -> None:
+        try:
+            self._resolve, self.note = load_ksyms()
+        except Exception as e:  # never leave a lookup waiting
+            self.note = f"kallsyms: {e}"
+        finally:
+            self._done.set()
+
+    def __call__(self, addr: int) -> str:
+        if not self._done.is_set():
+            self._done.wait(30)
+        return self._resolve(addr)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (from /proc/self/stat; 10 ms resolution)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class Counters:
     events: int = 0
@@ -72,8 +108,26 @@ class Collector:
         self.pipeline: ExportPipeline | None = None
         self.metrics = None
         self.probes: list[Any] = []
+        # end of each start-up phase (time.monotonic()), in order; the first is where it
+        # started: the process's exec when the process is new (`run`), else now
+        age = process_age_s()
+        self.start_phases: dict[str, float] = (
+            {"exec": time.monotonic() - age} if age is not None and age < 30 else {"start": time.monotonic()})
 
     # -- helpers ---------------------------------------------------------------------
+    def start_breakdown(self) -> str:
+        """``1.23 s since exec (imports+checks 0.30, ...)``: where the start-up went."""
+        items = list(self.start_phases.items())
+        if len(items) < 2:
+            return "?"
+        parts = [f"{name} {t - items[i][1]:.2f}" for i, (name, t) in enumerate(items[1:])]
+        return f"{items[-1][1] - items[0][1]:.2f} s since {items[0][0]} ({', '.join(parts)})"
+
+    def _load_symbols(self, symbols: "LazySymbols") -> None:
+        symbols.load()
+        if symbols.note != "ok":
+            self.say(f"degraded: kernel addresses shown in hex ({symbols.note})")
+
     def say(self, msg: str) -> None:
         print(f"otel-kernelnet: {msg}", file=self.out, flush=True)
 
@@ -260,19 +314,24 @@ class Collector:
         if self.cfg["probes.hide_fields"]:
             self.say("hiding tracepoint fields as if absent (probes.hide_fields): "
                      + ", ".join(self.cfg["probes.hide_fields"]))
+        phases = self.start_phases
+        phases["imports+checks"] = time.monotonic()
         btf, _btf_note = load_btf()
-        symbol, ks_note = load_ksyms()
+        symbols = LazySymbols()  # loaded once the collector is ready (off the start-up path)
         from .links import LinkIndex
         from . import scope as scope_mod
         try:
             scope = scope_mod.resolve(self.cfg["scope.mode"], self.cfg["scope.netns"])
+            cg_scope = scope_mod.resolve_cgroup(self.cfg["scope.mode"], self.cfg["scope.cgroup"])
         except scope_mod.ScopeError as e:
             raise StartError(str(e)) from None
-        self.say(f"scope ({self.cfg['scope.mode']}): {scope_mod.describe(scope)}")
+        self.say(f"scope ({self.cfg['scope.mode']}): {scope_mod.describe(scope)}; per family: "
+                 + "; ".join(scope_mod.describe_families(scope, cg_scope,
+                                                                self.cfg["scope.mode"] == "sidecar")))
         if self.cfg["scope.mode"] == "daemonset":
             from .k8s import PodResolver
             self.pods = PodResolver()
-        ctx = KernelContext(btf=btf, symbol=symbol, clock=self.clock, ids=self.ids, cfg=self.cfg, links=LinkIndex(),
+        ctx = KernelContext(btf=btf, symbol=symbols, clock=self.clock, ids=self.ids, cfg=self.cfg, links=LinkIndex(),
                             scope_netns=scope)
         planned = []
         for fam in families():
@@ -289,8 +348,7 @@ class Collector:
         if not planned:
             raise StartError("no probe can run (all disabled in the config, or unavailable: see above; "
                              "`otel-kernelnet check` says why)")
-        if ks_note != "ok":
-            self.say(f"degraded: kernel addresses shown in hex ({ks_note})")
+        phases["kernel info+plans"] = time.monotonic()
 
         res, sink, target = self.open_export()
         embedded = target is None
@@ -306,7 +364,12 @@ class Collector:
                                      timeout_s=self.cfg["export.otlp.timeout_s"],
                                      histograms=self.metric_histograms, netns_counters=self.netns_counter_values,
                                      zones=self.zone_gauges, app_stats=self.app_stats)
+        phases["exporter"] = time.monotonic()
         old_handlers = self._install_signals()
+        # bcc compiles one family at a time, on this thread: concurrent compiles in one
+        # process are not safe (iovisor/bcc#4500: a process-wide table registry, chdir)
+        # and, measured on a loaded 2-CPU VM, overlapping Python work with them made
+        # the start slower, not faster (docs/benchmarks.md section 3).
         loader = Loader(debug_print_source=self.debug_bpf)
         t0 = time.monotonic()
         try:
@@ -316,20 +379,41 @@ class Collector:
                 except LoaderError as e:
                     raise StartError(f"probe {fam.name}: {e}") from None
                 self.probes.append(fam)
+            phases["compile+attach"] = time.monotonic()
             self.say(f"probes attached in {time.monotonic() - t0:.2f}s "
                      f"({'; '.join(f.summary for f in self.probes)}); "
                      f"headers: {loader.headers.how if loader.headers else '?'}")
             self._start_receiver(sink, target)
+            loader.release_compiler_memory()  # the heap clang/LLVM freed: about 40 MB of RSS
+            phases["receiver"] = time.monotonic()
+            self.say("start-up: " + self.start_breakdown())
             if self.ready_file:
                 self.ready_file.write_text(f"{os.getpid()}\n")
+            # kallsyms (0.15-0.2 s of Python) is only needed to name a drop's location:
+            # parsed after the start, the first such lookup waits for it
+            threading.Thread(target=self._load_symbols, args=(symbols,), name="kn-ksyms", daemon=True).start()
             self._loop(loader)
         finally:
             self._shutdown(loader, old_handlers)
         return 0
 
     def _shutdown(self, loader, old_handlers) -> None:
-        """Drain, detach, flush: runs on every exit path, each step even if one fails."""
-        self._stop_receiver()
+        """Detach, drain, flush: runs on every exit path, each step even if one fails.
+
+        The receiver stops while the tracepoints detach (both mostly wait: gRPC's
+        grace, the kernel's RCU grace periods); the ring buffers are drained after the
+        detach, so every record written before it is exported."""
+        t0 = time.monotonic()
+        stopper = threading.Thread(target=self._stop_receiver, name="kn-stop-receiver", daemon=True)
+        stopper.start()
+        try:
+            detach = getattr(loader, "detach", None)
+            if detach is not None:
+                detach()
+        except Exception as e:
+            self.say(f"warning: detaching: {e}")
+        t_detach = time.monotonic()
+        stopper.join()
         try:
             loader.consume()
             self._final_probe_stats = self.stats_by_probe()
@@ -356,8 +440,15 @@ class Collector:
                     self.metrics.shutdown()  # one last export of the final counts
                 except Exception as e:
                     self.say(f"warning: final metrics export failed: {e}")
+            self.say(f"shutdown: {time.monotonic() - t0:.2f} s (detach {t_detach - t0:.2f} s, then drain, "
+                     f"free, flush {time.monotonic() - t_detach:.2f} s)")
 
     def _loop(self, loader) -> None:
+        # A fixed interval, also when idle. Tried: after 1 s without records, doubling
+        # it up to 50-100 ms (idle CPU 2.0-2.3% -> 1.4-1.5% of a core); kernel tests
+        # then lost a lifecycle span about 1 run in 4 (0 in 5 without), so it was
+        # dropped: an idle collector needs the BPF side to wake it when a ring buffer
+        # fills (docs/benchmarks.md section 3).
         poll = self.cfg["ringbuf.poll_interval_ms"] / 1000
         every = self.cfg["status.interval_s"]
         tty = hasattr(self.out, "isatty") and self.out.isatty()

@@ -1,0 +1,188 @@
+"""Start-up, shutdown and idle behaviour of the loader and the collector's loop, with
+stand-ins for bcc (issue 7 items 6-7; the kernel side: tests/kernel/test_drop_probe.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from otel_kernelnet import collector as collector_mod
+from otel_kernelnet.collector import Collector, LazySymbols
+from otel_kernelnet.config import validate
+from otel_kernelnet.loader import Loader, LoaderError, Program
+from otel_kernelnet.spans import KernelSpan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeBPF:
+    """What Loader.detach/close use of a bcc BPF object; ``gate`` runs inside each detach."""
+
+    def __init__(self, gate=None, fail: set[str] = frozenset()):
+        self.gate = gate
+        self.fail = fail
+        self.detached: list[str] = []
+        self.cleaned = False
+
+    def detach_tracepoint(self, tp: str) -> None:
+        if self.gate is not None:
+            self.gate()
+        if tp in self.fail:
+            raise Exception("kernel said no")
+        self.detached.append(tp)
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def loader_with(*programs: Program) -> Loader:
+    loader = Loader()
+    loader._programs.extend(programs)
+    return loader
+
+
+def test_detach_closes_all_tracepoints_at_once():
+    # every detach waits at a barrier for all the others: a serial detach breaks it
+    tps = [f"cat:tp{i}" for i in range(6)]
+    barrier = threading.Barrier(len(tps), timeout=10)
+    a, b = FakeBPF(gate=barrier.wait), FakeBPF(gate=barrier.wait)
+    loader = loader_with(Program("a", a, [(tp, "fn") for tp in tps[:4]]),
+                         Program("b", b, [(tp, "fn") for tp in tps[4:]]))
+    loader.detach()
+    assert sorted(a.detached + b.detached) == tps
+    assert not barrier.broken
+    loader.close()  # raises if any detach had failed
+    assert a.cleaned and b.cleaned
+
+
+def test_detach_keeps_programs_until_close_and_close_reports_failures():
+    bpf = FakeBPF(fail={"cat:bad"})
+    prog = Program("p", bpf, [("cat:good", "f1"), ("cat:bad", "f2")])
+    loader = loader_with(prog)
+    loader.detach()
+    assert bpf.detached == ["cat:good"]
+    # maps and programs stay for the final drain and counters (recursion_misses reads
+    # the attached list) until close()
+    assert not bpf.cleaned and prog.attached == [("cat:good", "f1"), ("cat:bad", "f2")]
+    loader.detach()  # a second detach does not detach again
+    assert bpf.detached == ["cat:good"]
+    with pytest.raises(LoaderError, match="cat:bad: kernel said no"):
+        loader.close()
+    assert bpf.cleaned
+    loader.close()  # once closed, nothing is left to report
+
+
+class FakeLoader:
+    """Stands in for Loader in the collector's loop and shutdown; ``pending`` holds
+    records in the ring buffer, handed to ``emit`` on consume()."""
+
+    def __init__(self, emit, pending: int = 0, flows: set[int] = frozenset()):
+        self.emit = emit
+        self.pending = pending
+        self.flows = flows  # consume() calls (0-based) that find one record
+        self.calls: list[str] = []
+        self.consumes = 0
+
+    def detach(self) -> None:
+        self.calls.append("detach")
+
+    def consume(self) -> None:
+        self.calls.append("consume")
+        n = self.pending + (1 if self.consumes in self.flows else 0)
+        self.pending = 0
+        self.consumes += 1
+        for _ in range(n):
+            self.emit(KernelSpan(name="kernel.drop", start_ns=1, end_ns=2, trace_id=b"\x01" * 16,
+                                 span_id=b"\x02" * 8, attributes={}))
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def make_collector(tmp_path: Path) -> Collector:
+    cfg = validate({"receiver": {"enabled": False}, "status": {"interval_s": 0}}, "test")
+    col = Collector(cfg, output=str(tmp_path / "out"), out=open(tmp_path / "log", "w"))
+    col.open_export()
+    return col
+
+
+def test_shutdown_detaches_first_then_drains_what_the_ring_buffers_still_hold(tmp_path):
+    col = make_collector(tmp_path)
+    loader = FakeLoader(col._emit, pending=7)  # written after the loop's last drain
+    col._shutdown(loader, None)
+    assert loader.calls[:2] == ["detach", "consume"] and loader.calls[-1] == "close"
+    assert col.counters.events == 7
+    assert col.pipeline.exported == 7  # flushed before returning
+
+
+class CountingStop:
+    """stop_event stand-in: records each wait's timeout and advances a fake clock by
+    it (``monotonic``); set after ``n`` waits."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.waits: list[float] = []
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(round(timeout, 6))
+        self.now += timeout
+        return self.is_set()
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.n
+
+
+def test_poll_keeps_the_configured_interval_when_idle(tmp_path):
+    # no back-off when idle (it lost records in the kernel tests: docs/benchmarks.md section 3)
+    col = make_collector(tmp_path)
+    busy = col.cfg["ringbuf.poll_interval_ms"] / 1000
+    stop = CountingStop(80)
+    col.stop_event = stop
+    col._loop(FakeLoader(col._emit, flows={10}))
+    assert set(stop.waits) == {busy} and col.counters.events == 1
+    col.pipeline.close(timeout_s=5)
+
+
+def test_lazy_symbols_wait_for_the_load(monkeypatch):
+    monkeypatch.setattr(collector_mod, "load_ksyms", lambda: ((lambda a: f"sym+{a:#x}"), "ok"))
+    syms = LazySymbols()
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(syms(0x10)))
+    t.start()
+    syms.load()
+    t.join(20)
+    assert out == ["sym+0x10"] and syms.note == "ok"
+
+
+def test_lazy_symbols_fall_back_to_hex_when_the_load_fails(monkeypatch):
+    def boom():
+        raise RuntimeError("unreadable")
+    monkeypatch.setattr(collector_mod, "load_ksyms", boom)
+    syms = LazySymbols()
+    syms.load()
+    assert syms(0xff) == "0xff" and "unreadable" in syms.note
+
+
+def test_start_breakdown_names_each_phase(tmp_path):
+    col = make_collector(tmp_path)
+    col.start_phases = {"exec": 10.0, "imports+checks": 10.25, "compile+attach": 11.75}
+    assert col.start_breakdown() == "1.75 s since exec (imports+checks 0.25, compile+attach 1.50)"
+    col.pipeline.close(timeout_s=5)
+
+
+def test_run_does_not_import_the_lab_or_the_analysis_package():
+    code = ("import sys\nfrom otel_kernelnet import cli\n"
+            "assert cli.main(['run', '--duration', '-1']) == 2\n"
+            "import otel_kernelnet.collector\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('otel_kernelnet.lab', 'kernelnet_analysis'))))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
