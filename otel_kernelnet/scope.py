@@ -18,11 +18,12 @@ The node-level families have no network namespace (docs/deploy-sidecar.md):
   v2 (default) hierarchy is used also on a hybrid v1/v2 machine; with no v2 hierarchy
   at all (pure v1) reclaim is not scoped, and ``check`` says so. kswapd runs and zone
   watermarks are node-level: a cgroup-scoped collector reports neither;
-- softirq is scoped by the **packets** it delayed: a scoped collector emits only the
+- softirq is scoped by the **packets** it delayed: a sidecar emits only the
   softirq spans that a packet of its namespaces (a lifecycle span, itself scoped in
-  the kernel) waited through on that CPU (links.py); in sidecar mode it exports no
-  per-CPU histograms (the node's: the DaemonSet's), a node-mode collector scoped by
-  ``scope.netns`` still does.
+  the kernel) waited through on that CPU (links.py), and no per-CPU histograms (the
+  node's: the DaemonSet's). This applies in sidecar mode only: a node-mode collector
+  scoped by ``scope.netns`` (the lab's, for example) owns the node's softirqs and
+  reports every long one, with the histograms.
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ def describe_families(netns: frozenset[int] | None, cg: CgroupScope | None, side
         out.append(f"reclaim: {describe_cgroup(cg)} (every task's stalls, kswapd runs and zone watermarks of the node)")
     if netns is None:
         out.append("softirq: every CPU's long softirqs, per-CPU histograms")
+    elif sidecar:
+        out.append("softirq: only the softirq spans this scope's packets waited through (no per-CPU histograms)")
     else:
-        out.append("softirq: only the softirq spans this scope's packets waited through"
-                   + (" (no per-CPU histograms)" if sidecar else ", per-CPU histograms of the node"))
+        out.append("softirq: node-level: every CPU's long softirqs, per-CPU histograms (scoped only in sidecar mode)")
     return out

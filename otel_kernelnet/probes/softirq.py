@@ -440,8 +440,11 @@ class SoftirqFamily(ProbeFamily):
         self.cgroup_paths = cgroups.CgroupPaths(plan_.cgroup.root)
         self.node_metrics = ctx.cfg["scope.mode"] != "sidecar"
         links = getattr(ctx, "links", None)
-        if links is not None and getattr(ctx, "scope_netns", None) is not None:
-            links.hold_softirq(emit)  # scoped: only the softirqs the scope's packets waited through (links.py)
+        if links is not None and not self.node_metrics and getattr(ctx, "scope_netns", None) is not None:
+            # sidecar: only the softirqs the pod's packets waited through (links.py); a
+            # node-mode collector (also one scoped by scope.netns, like the lab's) owns
+            # the node's softirqs and reports every long one
+            links.hold_softirq(emit)
             self.links = links
 
         def on_event(ev: SoftirqEvent) -> None:
