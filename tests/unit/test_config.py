@@ -50,7 +50,7 @@ def test_bad_config_names_the_key(data, message):
 def test_valid_overrides_apply():
     c = config.validate({"export": {"otlp": {"endpoint": "http://x:4317"}}, "resource": {"attributes": {"team": "net"}}})
     assert c["export.otlp.endpoint"] == "http://x:4317" and c["resource.attributes"] == {"team": "net"}
-    assert c["ringbuf.pages"] == 64
+    assert c["ringbuf.pages"] == config.SCHEMA["ringbuf.pages"].default  # untouched keys keep their defaults
 
 
 @pytest.mark.parametrize("content,needle", [
