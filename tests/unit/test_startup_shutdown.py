@@ -28,7 +28,9 @@ class FakeBPF:
         self.detached: list[str] = []
         self.cleaned = False
 
-    def detach_tracepoint(self, tp: str) -> None:
+    def detach_tracepoint(self, tp: bytes) -> None:
+        assert isinstance(tp, bytes), "bcc wants bytes (str costs a DeprecationWarning per call)"
+        tp = tp.decode()
         if self.gate is not None:
             self.gate()
         if tp in self.fail:
