@@ -132,6 +132,10 @@ struct kn_sirq_cpu {
 	u32 switches;
 	u32 flags;
 	u64 ksoftirqd_wake_ns, ksoftirqd_run_ns;
+	/* this CPU's ksoftirqd is runnable since (woken, or preempted) and has not had the
+	 * CPU yet; tracked also outside a wait, so a ksoftirqd woken before the work started
+	 * waiting (starved behind a real-time task) is seen. 0: not runnable or unknown */
+	u64 ksd_runnable_ns;
 	/* the RPS IPI that preceded the raise */
 	u64 ipi_ns, ipi_entry_ns, ipi_cgroup;
 	u32 ipi_pid;
@@ -368,6 +372,13 @@ int kn_sirq_on_exit(void *ctx)
 					__builtin_memcpy(e->ipi_comm, s->ipi_comm, 16);
 					e->ksoftirqd_wake_ns = s->ksoftirqd_wake_ns;
 					e->ksoftirqd_run_ns = s->ksoftirqd_run_ns;
+					/* ksoftirqd woken before the wait and still waiting for the CPU
+					 * (bounded to 1 s: a missed switch-in must not age forever) */
+					if (!s->ksoftirqd_wake_ns && s->ksd_runnable_ns &&
+					    now - s->ksd_runnable_ns < 1000000000ULL) {
+						e->ksoftirqd_wake_ns = s->ksd_runnable_ns;
+						e->flags |= KN_SIRQ_F_KSOFTIRQD_WOKEN;
+					}
 					e->other_ns = s->other_ns;
 					/* the interrupted task is current again: its name and cgroup now */
 					kn_fill_slot(s, s->irq_slot);
@@ -431,20 +442,36 @@ int kn_sirq_on_switch(void *ctx)
 			kn_charge(s, prev, pid_tgid >> 32, ctx + KN_TP_SWITCH_PREV_COMM, 1, now - from, 1);
 #endif
 		s->switches++;
-		if (s->ksoftirqd_wake_ns && !s->ksoftirqd_run_ns) {
-#if KN_RAW_SWITCH
-			u32 next = 0;
-			bpf_probe_read_kernel(&next, sizeof(next), (void *)KN_ARG(KN_ARG_SWITCH_NEXT) + KN_OFF_TASK_PID);
-#else
-			u32 next = *(u32 *)(ctx + KN_TP_SWITCH_NEXT_PID);
-#endif
-			if (next && next == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
-				s->ksoftirqd_run_ns = now;
-				s->flags |= KN_SIRQ_F_KSOFTIRQD_RAN;
-			}
-		}
 	}
 	s->since = now;
+	if (s->ksd_runnable_ns || (start && s->ksoftirqd_wake_ns && !s->ksoftirqd_run_ns)) {
+#if KN_RAW_SWITCH
+		u32 next = 0;
+		bpf_probe_read_kernel(&next, sizeof(next), (void *)KN_ARG(KN_ARG_SWITCH_NEXT) + KN_OFF_TASK_PID);
+#else
+		u32 next = *(u32 *)(ctx + KN_TP_SWITCH_NEXT_PID);
+#endif
+		if (next && next == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
+			if (start && !s->ksoftirqd_run_ns) {
+				if (!s->ksoftirqd_wake_ns && s->ksd_runnable_ns) {
+					s->ksoftirqd_wake_ns = s->ksd_runnable_ns;  /* woken before the wait */
+					s->flags |= KN_SIRQ_F_KSOFTIRQD_WOKEN;
+				}
+				if (s->ksoftirqd_wake_ns) {
+					s->ksoftirqd_run_ns = now;
+					s->flags |= KN_SIRQ_F_KSOFTIRQD_RAN;
+				}
+			}
+			s->ksd_runnable_ns = 0;
+		}
+	}
+#if KN_RAW_SWITCH
+	if ((u8)KN_ARG(0)) {  /* prev was preempted: if it is ksoftirqd it stays runnable */
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		if (tid && tid == kn_ksoftirqd_pid(bpf_get_smp_processor_id()))
+			s->ksd_runnable_ns = now;
+	}
+#endif
 	return 0;
 }
 #endif
@@ -453,7 +480,7 @@ int kn_sirq_on_switch(void *ctx)
 int kn_sirq_on_waking(void *ctx)
 {
 	struct kn_sirq_cpu *s = kn_state();
-	if (!s || !s->v[KN_SIRQ_IDX_RX].start_ns || s->ksoftirqd_wake_ns)
+	if (!s || s->ksd_runnable_ns)  /* already runnable: this wake-up changes nothing */
 		return 0;
 #if KN_RAW_WAKING
 	u32 pid = 0;
@@ -462,8 +489,12 @@ int kn_sirq_on_waking(void *ctx)
 	u32 pid = *(u32 *)(ctx + KN_TP_WAKING_PID);
 #endif
 	if (pid && pid == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
-		s->ksoftirqd_wake_ns = bpf_ktime_get_ns();
-		s->flags |= KN_SIRQ_F_KSOFTIRQD_WOKEN;
+		u64 now = bpf_ktime_get_ns();
+		s->ksd_runnable_ns = now;
+		if (s->v[KN_SIRQ_IDX_RX].start_ns && !s->ksoftirqd_wake_ns) {
+			s->ksoftirqd_wake_ns = now;
+			s->flags |= KN_SIRQ_F_KSOFTIRQD_WOKEN;
+		}
 	}
 	return 0;
 }

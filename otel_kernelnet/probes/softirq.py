@@ -333,6 +333,8 @@ def softirq_span(ev: SoftirqEvent, *, to_epoch_ns: Callable[[int], int], ids: Id
         if ev.flags & F["KN_SIRQ_F_KSOFTIRQD_RAN"]:
             attrs["kernelnet.softirq.ksoftirqd.wait_ns"] = ev.ksoftirqd_run_ns - ev.ksoftirqd_wake_ns
             events.append(SpanEvent(to_epoch_ns(ev.ksoftirqd_run_ns), "ksoftirqd.run"))
+        elif ev.exit_ns > ev.ksoftirqd_wake_ns:  # starved: the work ran elsewhere (irq exit) first
+            attrs["kernelnet.softirq.ksoftirqd.waiting_ns"] = ev.exit_ns - ev.ksoftirqd_wake_ns
     if ev.culprits:
         top = ev.culprits[0]
         attrs["kernelnet.culprit.pid"] = top.pid
