@@ -33,13 +33,14 @@ class Check:
     exported: int
     rule: str = "equal"   # equal | exported>=kernel | exported<=kernel | info
     note: str = ""
+    slack: int = 0        # exported>=kernel only: a shortfall this small still agrees (say why in note)
 
     @property
     def ok(self) -> bool:
         if self.rule == "equal":
             return self.kernel == self.exported
         if self.rule == "exported>=kernel":
-            return self.exported >= self.kernel
+            return self.exported + self.slack >= self.kernel
         if self.rule == "exported<=kernel":
             return self.exported <= self.kernel
         return True

@@ -252,6 +252,7 @@ print(n, flush=True)
 """ % SOURCE_CPU
 
 RT_SECONDS = 3
+RT_ATTEMPTS = 3  # rounds of spinner + flood at most (see the test)
 
 
 @pytest.fixture
@@ -302,25 +303,39 @@ def test_rt_busy_task_is_named_culprit_when_net_rx_is_left_to_a_starved_ksoftirq
                           "receiver": {"enabled": False}})
     ksoftirqd = _ksoftirqd_pid(TARGET_CPU)
     helpers: list[subprocess.Popen] = []
+    rt_pid = starved_ns = 0
+
+    def rt_spans(spans):
+        return [s for s in spans if s["name"] == "kernel.softirq"
+                and s["attributes"].get("kernelnet.cpu") == TARGET_CPU
+                and s["attributes"].get("kernelnet.culprit.pid") == rt_pid
+                and s["attributes"].get("kernelnet.softirq.wait_ns", 0) >= WAIT_THRESHOLD_NS]
+
+    def starved(spans):  # spans that also carry ksoftirqd's starvation (woken, still waiting)
+        return [s for s in rt_spans(spans) if s["attributes"].get("kernelnet.softirq.ksoftirqd.woken")
+                and s["attributes"].get("kernelnet.softirq.ksoftirqd.waiting_ns", 0)
+                >= s["attributes"]["kernelnet.softirq.wait_ns"]]
     try:
-        sink = _popen(["ip", "netns", "exec", b.name, sys.executable, "-c", UDP_SINK, str(RT_SECONDS + 3)])
+        sink = _popen(["ip", "netns", "exec", b.name, sys.executable, "-c", UDP_SINK,
+                       str(RT_ATTEMPTS * (RT_SECONDS + 8))])
         helpers.append(sink)
         assert sink.stdout.readline().strip() == "ready", sink.stderr.read()
-        delay0 = _run_delay_ns(ksoftirqd)
-        rt = _popen([sys.executable, "-c", RT_SPINNER, str(RT_SECONDS)])
-        helpers.append(rt)
-        rt_pid = int(rt.stdout.readline())
-        sent = a.exec(str(flood), "10.77.0.2", "7777", str(RT_SECONDS), str(SOURCE_CPU), timeout=30)
-        assert int(sent.stdout) > 0
-        assert rt.wait(30) == 0, rt.stderr.read()
-        starved_ns = _run_delay_ns(ksoftirqd) - delay0
-
-        def rt_spans(spans):
-            return [s for s in spans if s["name"] == "kernel.softirq"
-                    and s["attributes"].get("kernelnet.cpu") == TARGET_CPU
-                    and s["attributes"].get("kernelnet.culprit.pid") == rt_pid
-                    and s["attributes"].get("kernelnet.softirq.wait_ns", 0) >= WAIT_THRESHOLD_NS]
-        spans = wait_for_store(c.output, rt_spans, timeout=15)
+        # Whether __do_softirq overruns and defers to ksoftirqd within 3 s depends on how
+        # the flood meets the RPS CPU: on a quiet VM one 3 s round gives no deferral about
+        # 1 time in 3 (measured). Up to RT_ATTEMPTS rounds, bounded, each with its own
+        # spinner; the spans must name the spinner of the round that produced them.
+        for _attempt in range(RT_ATTEMPTS):
+            delay0 = _run_delay_ns(ksoftirqd)
+            rt = _popen([sys.executable, "-c", RT_SPINNER, str(RT_SECONDS)])
+            helpers.append(rt)
+            rt_pid = int(rt.stdout.readline())
+            sent = a.exec(str(flood), "10.77.0.2", "7777", str(RT_SECONDS), str(SOURCE_CPU), timeout=30)
+            assert int(sent.stdout) > 0
+            assert rt.wait(30) == 0, rt.stderr.read()
+            starved_ns = _run_delay_ns(ksoftirqd) - delay0
+            spans = wait_for_store(c.output, starved, timeout=5)
+            if starved(spans):
+                break
     finally:
         for p in helpers:
             _stop(p)
@@ -343,9 +358,7 @@ def test_rt_busy_task_is_named_culprit_when_net_rx_is_left_to_a_starved_ksoftirq
     # still without the CPU when the work ran on an interrupt exit. Not every span: RT
     # throttling lets ksoftirqd run now and then, and a wait that starts after such a run
     # (ksoftirqd not woken again yet) has no ksoftirqd to report (measured 2 to 5 of 5)
-    starved_spans = [s for s in got if s["attributes"].get("kernelnet.softirq.ksoftirqd.woken")
-                     and s["attributes"].get("kernelnet.softirq.ksoftirqd.waiting_ns", 0)
-                     >= s["attributes"]["kernelnet.softirq.wait_ns"]]
+    starved_spans = starved(spans)
     assert starved_spans, [s["attributes"].get("kernelnet.softirq.ksoftirqd.waiting_ns") for s in got][:8]
     # ksoftirqd was runnable and kept waiting behind the RT task for most of the run
     # (measured ~2.6 s of run delay in a 3 s run; ~0.2 s without the RT task)

@@ -53,6 +53,12 @@ def test_check_rules(rule, kernel, exported, ok):
     assert Check("x", kernel, exported, rule).ok is ok
 
 
+def test_slack_forgives_only_that_many():
+    assert Check("x", 304, 303, "exported>=kernel", slack=1).ok
+    assert not Check("x", 304, 302, "exported>=kernel", slack=1).ok
+    assert not Check("x", 304, 303, "exported>=kernel").ok
+
+
 def test_undo_stack_runs_newest_first_and_keeps_going_after_a_failure(tmp_path, capsys):
     done = []
     with Lab("t", tmp_path) as lb:
