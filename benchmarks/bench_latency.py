@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, VethPair, log, result, stop  # noqa: E402
+from common import CollectorRun, VethPair, log, result, stop  # noqa: E402
 
 PACED_SENDER = r"""
 import os, socket, sys, time
@@ -117,18 +117,6 @@ class Receiver:
         self.server.server_close()
 
 
-def proc_cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kb(pid: int) -> int:
-    for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if ln.startswith("VmRSS:"):
-            return int(ln.split()[1])
-    return 0
-
-
 def pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -151,33 +139,23 @@ def main() -> int:
     rx = Receiver()
     try:
         with VethPair(f"{os.getpid()}") as net, tempfile.TemporaryDirectory(prefix="kn-bench-") as tmpd:
-            tmp = Path(tmpd)
-            ready = tmp / "ready"
-            logf = open(tmp / "collector.log", "w")
-            coll = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.cli", "run", "--ready-file", str(ready),
-                                     "--otlp-endpoint", f"http://127.0.0.1:{rx.port}/v1/traces",
-                                     *(["--config", a.config] if a.config else [])],
-                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if coll.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("collector not ready: " + (tmp / "collector.log").read_text()[-1500:])
-                time.sleep(0.01)
-            time.sleep(1.0)
+            coll = CollectorRun(Path(tmpd), "--otlp-endpoint", f"http://127.0.0.1:{rx.port}/v1/traces",
+                                *(["--config", a.config] if a.config else []))
+            time.sleep(1.0)  # the start-up's own spans are not part of any rate
             rx.take()
             for rate in rates:
-                cpu0, t0 = proc_cpu_s(coll.pid), time.monotonic()
+                cpu0, t0 = coll.cpu_s(), time.monotonic()
                 rss = []
                 sender = net.popen(net.a, sys.executable, "-c", PACED_SENDER, str(rate), str(a.seconds), "9",
                                    stdout=subprocess.PIPE, text=True)
                 try:
                     while sender.poll() is None:
-                        rss.append(proc_rss_kb(coll.pid))
+                        rss.append(coll.status().get("VmRSS", 0))
                         time.sleep(0.5)
                     sent = int(sender.communicate(timeout=30)[0] or 0)
                 finally:
                     stop(sender)
-                cpu = (proc_cpu_s(coll.pid) - cpu0) / (time.monotonic() - t0)
+                cpu = (coll.cpu_s() - cpu0) / (time.monotonic() - t0)
                 time.sleep(1.0)  # the last partial batch (batch_delay_ms) and its request
                 lat = rx.take()
                 figures[str(rate)] = {
@@ -189,13 +167,12 @@ def main() -> int:
                     "collector_rss_mb_max": round(max(rss) / 1024, 1) if rss else None,
                     "pass_latency": bool(lat) and pct(lat, 0.5) <= 100 and pct(lat, 0.99) <= 250}
                 log(f"{rate}/s: {figures[str(rate)]}")
-            stop(coll, timeout=30)
-            logf.close()
-            stopped = [ln for ln in (tmp / "collector.log").read_text().splitlines() if "stopped:" in ln]
+            coll.stop()
+            stopped = [ln for ln in coll.log_path.read_text().splitlines() if "stopped:" in ln]
             figures["collector_final"] = stopped[-1] if stopped else None
     finally:
         if coll is not None:
-            stop(coll, timeout=30)
+            stop(coll.proc, timeout=30)
         rx.close()
     result("latency", config=a.config or "default", seconds=a.seconds, rates=figures, receiver_bad_requests=rx.bad_requests)
     return 0

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_latency import PACED_SENDER, proc_cpu_s, proc_rss_kb  # noqa: E402
-from common import ROOT, VethPair, log, result, stop  # noqa: E402
+from bench_latency import PACED_SENDER  # noqa: E402
+from common import CollectorRun, VethPair, log, result, stop  # noqa: E402
 
 
 def main() -> int:
@@ -42,36 +42,25 @@ def main() -> int:
     samples: list[tuple[float, int, float]] = []
     try:
         with VethPair(f"{os.getpid()}") as net, tempfile.TemporaryDirectory(prefix="kn-soak-") as tmpd:
-            tmp = Path(tmpd)
-            ready = tmp / "ready"
-            logf = open(tmp / "collector.log", "w")
-            coll = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.cli", "run", "--ready-file", str(ready),
-                                     "--output", str(tmp / "data")],
-                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if coll.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("collector not ready: " + (tmp / "collector.log").read_text()[-1500:])
-                time.sleep(0.01)
+            coll = CollectorRun(Path(tmpd))
             sender = net.popen(net.a, sys.executable, "-c", PACED_SENDER, str(a.rate), str(a.seconds), "9",
                                stdout=subprocess.PIPE, text=True)
             t0 = time.monotonic()
-            cpu0 = proc_cpu_s(coll.pid)
+            cpu0 = coll.cpu_s()
             while sender.poll() is None:
                 time.sleep(a.every)
                 t = time.monotonic() - t0
-                samples.append((t, proc_rss_kb(coll.pid), proc_cpu_s(coll.pid) - cpu0))
+                samples.append((t, coll.status().get("VmRSS", 0), coll.cpu_s() - cpu0))
                 if len(samples) % 30 == 0:
                     log(f"{t:.0f} s: RSS {samples[-1][1] / 1024:.1f} MB")
             sent = int(sender.communicate(timeout=30)[0] or 0)
-            stop(coll, timeout=30)
-            logf.close()
-            final = [ln for ln in (tmp / "collector.log").read_text().splitlines() if "stopped:" in ln]
+            coll.stop()
+            final = [ln for ln in coll.log_path.read_text().splitlines() if "stopped:" in ln]
     finally:
         if sender is not None:
             stop(sender)
         if coll is not None:
-            stop(coll, timeout=30)
+            stop(coll.proc, timeout=30)
     warm = max(30.0, a.seconds * 0.1)
     kept = [s for s in samples if s[0] >= warm]
     q = max(1, len(kept) // 4)

@@ -112,6 +112,25 @@ def container_id(path: str) -> str | None:
     return next(g for g in m.groups() if g)
 
 
+def add_attributes(attrs: dict, cgroup_id: int, path: str | None) -> None:
+    """``kernelnet.cgroup.id``, ``kernelnet.cgroup.path`` and ``container.id`` of a task's
+    cgroup, each only when known (one place for every family that names a task's cgroup).
+
+    >>> a = {}; add_attributes(a, 7, "/system.slice/docker-" + "ab" * 32 + ".scope")
+    >>> sorted(a), a["kernelnet.cgroup.id"]
+    (['container.id', 'kernelnet.cgroup.id', 'kernelnet.cgroup.path'], 7)
+    >>> a = {}; add_attributes(a, 0, None); a
+    {}
+    """
+    if cgroup_id:
+        attrs["kernelnet.cgroup.id"] = cgroup_id
+    if path is not None:
+        attrs["kernelnet.cgroup.path"] = path
+        cid = container_id(path)
+        if cid:
+            attrs["container.id"] = cid
+
+
 class CgroupPaths:
     """id -> path under ``root`` ("/" for the root itself), by walking the mount.
 

@@ -363,14 +363,7 @@ def reclaim_span(ev: ReclaimEvent, *, to_epoch_ns: Callable[[int], int], ids: Id
         attrs["kernelnet.memory.node"] = ev.nid
         attrs["kernelnet.reclaim.throttle.reason"] = plan_.throttle_reason(ev.reason)
         attrs["kernelnet.reclaim.throttle.timeout_us"] = ev.usec_timeout
-    if ev.cgroup:
-        attrs["kernelnet.cgroup.id"] = ev.cgroup
-    p = cgroup_path(ev.cgroup)
-    if p is not None:
-        attrs["kernelnet.cgroup.path"] = p
-        cid = cgroups.container_id(p)
-        if cid:
-            attrs["container.id"] = cid
+    cgroups.add_attributes(attrs, ev.cgroup, cgroup_path(ev.cgroup))
     return KernelSpan(name=sc.SPAN_RECLAIM, trace_id=ids.trace_id(), span_id=ids.span_id(),
                       start_ns=to_epoch_ns(ev.start_ns), end_ns=to_epoch_ns(ev.end_ns), attributes=attrs)
 

@@ -309,14 +309,7 @@ def softirq_span(ev: SoftirqEvent, *, to_epoch_ns: Callable[[int], int], ids: Id
     }
     if wait is not None:
         attrs["kernelnet.softirq.wait_ns"] = wait
-    if ev.irq_cgroup:
-        attrs["kernelnet.cgroup.id"] = ev.irq_cgroup
-    p = cgroup_path(ev.irq_cgroup)
-    if p is not None:
-        attrs["kernelnet.cgroup.path"] = p
-        cid = cgroups.container_id(p)
-        if cid:
-            attrs["container.id"] = cid
+    cgroups.add_attributes(attrs, ev.irq_cgroup, cgroup_path(ev.irq_cgroup))
     events: list[SpanEvent] = []
     if ev.flags & F["KN_SIRQ_F_IPI"]:
         attrs["kernelnet.softirq.ipi.wait_ns"] = ev.ipi_entry_ns - ev.ipi_ns

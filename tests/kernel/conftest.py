@@ -224,3 +224,20 @@ def stop_by_stdin(proc: subprocess.Popen, timeout: float = 10) -> None:
 def _val(v: dict):
     (k, x), = v.items()
     return int(x) if k == "intValue" else x
+
+
+# Writes MB of file data and reads it back (refaults): direct/memcg reclaim under a
+# memory limit. Arguments: PATH MB; prints its pid when done.
+RECLAIM_WRITER = r"""
+import os, sys
+path, mb = sys.argv[1], int(sys.argv[2])
+block = os.urandom(1 << 20)
+with open(path, "wb") as f:
+    for _ in range(mb):
+        f.write(block)
+    f.flush(); os.fsync(f.fileno())
+with open(path, "rb") as f:  # read back: refaults under the limit
+    while f.read(1 << 20):
+        pass
+print(os.getpid(), flush=True)
+"""

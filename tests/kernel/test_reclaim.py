@@ -37,21 +37,8 @@ from pathlib import Path
 import pytest
 
 from otel_kernelnet.kernel import cgroups
-from tests.kernel.conftest import ROOT, read_store, stop_by_stdin, wait_for_store
+from tests.kernel.conftest import RECLAIM_WRITER, ROOT, read_store, stop_by_stdin, wait_for_store
 
-WRITER = r"""
-import os, sys
-path, mb = sys.argv[1], int(sys.argv[2])
-block = os.urandom(1 << 20)
-with open(path, "wb") as f:
-    for _ in range(mb):
-        f.write(block)
-    f.flush(); os.fsync(f.fileno())
-with open(path, "rb") as f:  # read back: refaults under the limit
-    while f.read(1 << 20):
-        pass
-print(os.getpid(), flush=True)
-"""
 
 
 class MemoryCgroup:
@@ -109,7 +96,7 @@ def test_memcg_reclaim_spans_name_the_task_and_its_cgroup(collector, memcg, tmp_
                                      "reclaim": {"zoneinfo_interval_ms": 100}}})
     data = ROOT / f".kn-reclaim-{uuid.uuid4().hex[:8]}.bin"  # on the disk, not tmpfs
     try:
-        out = memcg.run(WRITER, str(data), "96")
+        out = memcg.run(RECLAIM_WRITER, str(data), "96")
     finally:
         data.unlink(missing_ok=True)
     pid = int(out.stdout.split()[0])

@@ -26,21 +26,8 @@ from pathlib import Path
 import pytest
 
 from otel_kernelnet.kernel import cgroups
-from tests.kernel.conftest import ROOT, read_store, wait_for_store
+from tests.kernel.conftest import RECLAIM_WRITER, ROOT, read_store, wait_for_store
 
-WRITER = r"""
-import os, sys
-path, mb = sys.argv[1], int(sys.argv[2])
-block = os.urandom(1 << 20)
-with open(path, "wb") as f:
-    for _ in range(mb):
-        f.write(block)
-    f.flush(); os.fsync(f.fileno())
-with open(path, "rb") as f:  # read back: refaults under the limit
-    while f.read(1 << 20):
-        pass
-print(os.getpid(), flush=True)
-"""
 LIMIT = 24 << 20
 FILE_MB = "64"
 ONLY_RECLAIM = {"probes": {**{f: {"enabled": False} for f in ("drop", "tcp", "netns_counters", "lifecycle", "softirq")},
@@ -107,7 +94,7 @@ class Cgroups:
         return ("sh", "-c", f'{moves} && exec "$@"', "sh")
 
     def workload(self, v2_dir: Path, mem_dir: Path | None, data: Path, timeout: float = 90) -> int:
-        out = subprocess.run([*self.enter(v2_dir, mem_dir), sys.executable, "-c", WRITER, str(data), FILE_MB],
+        out = subprocess.run([*self.enter(v2_dir, mem_dir), sys.executable, "-c", RECLAIM_WRITER, str(data), FILE_MB],
                              capture_output=True, text=True, timeout=timeout, check=True)
         return int(out.stdout.split()[0])
 

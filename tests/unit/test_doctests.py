@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["otel_kernelnet.clock", "otel_kernelnet.kernel.tracefs", "otel_kernelnet.export.sinks", "otel_kernelnet.loader",
-           "otel_kernelnet.resource"]
+           "otel_kernelnet.resource", "otel_kernelnet.kernel.cgroups", "otel_kernelnet.scope"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -18,9 +18,7 @@ from otel_kernelnet.join import AppSpan, Join, ProcCgroups, cgroup_path_of, recl
 from otel_kernelnet.kernel import cgroups
 from otel_kernelnet.receiver.ingest import Ingest
 from otel_kernelnet.spans import KernelSpan, SpanLink
-
-MS = 1_000_000
-T0 = 1_700_000_000_000_000_000
+from tests.unit.test_join import MS, T0, Clock
 CGROUPS = {10: "/app", 11: "/app", 99: "/app", 20: "/other", 30: "/"}
 
 
@@ -47,17 +45,6 @@ def stall(n: int, start_ms: float, end_ms: float, pid: int = 10, thread: int | N
         a["kernelnet.cgroup.path"] = cg
     return KernelSpan(name="kernel.reclaim", trace_id=tid(1000 + n), span_id=sid(1000 + n),
                       start_ns=T0 + int(start_ms * MS), end_ns=T0 + int(end_ms * MS), attributes=a)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> int:
-        return self.t
-
-    def advance_ms(self, ms: float) -> None:
-        self.t += int(ms * MS)
 
 
 def make(**kw):
