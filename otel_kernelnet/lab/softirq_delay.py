@@ -286,7 +286,7 @@ class SoftirqDelay(Scenario):
                   runs + missed, "exported>=kernel",
                   f"the histogram spans the collector's life, which contains the drive; exported includes "
                   f"the {missed} probe hit(s) the kernel skipped (nested BPF, counted by the collector); "
-                  f"1 run of slack: an open, unexplained off-by-one (docs/lab.md)", slack=1),
+                  f"1 run of slack: a run that interrupted a thread BPF is not run for (docs/lab.md)", slack=1),
             Check(f"CPU {NET_RX_CPU} NET_RX runs, /proc/softirqs build..report vs run histogram", outer, runs,
                   "exported<=kernel", "the collector's life lies inside build..report"),
             Check(f"CPU {NET_RX_CPU} NET_RX waits >= {TAIL_NS / 1e6:.2f} ms: BPF histogram vs softirq spans",

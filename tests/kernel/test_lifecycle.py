@@ -4,8 +4,9 @@ fresh network namespaces, spans and histograms read back from the embedded store
 - slow reader: the server waits DELAY before each read; its lifecycles show the
   socket wait (>= DELAY), the reader's tid, and the server socket's own SO_COOKIE;
 - bulk transfer: 10 s of TCP at full speed, scoped to the receiving namespace; the
-  histograms count every packet the receiving interface counted, and the only spans
-  are the ones the volume policy selects;
+  histograms count every packet the kernel gave to BPF, checked exactly against an
+  independent BPF counter, which in turn is checked against ftrace and the receiving
+  interface's counter; the only spans are the ones the volume policy selects;
 - fallback: with tcp_probe's cookie and kfree_skb's rx_sk/reason hidden (the feature
   probe), lifecycles and drops still arrive with their 4-tuple, and `check` reports
   the degradation.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.kernel.conftest import CLI, ROOT, read_store, stop_by_stdin
+from tests.kernel.witness import BpfSkbCount, TraceCount
 
 DELAY_S = 0.25
 ROUNDS = 3
@@ -152,46 +155,51 @@ def _stage_counts(metrics_line: dict) -> dict[str, int]:
 
 def test_bulk_transfer_feeds_the_histograms_with_every_packet_and_emits_only_by_policy(veth, collector):
     threshold_us = 20_000
-    c = collector(config={"scope": {"netns": [veth.b.inode]},
-                          "probes": {"lifecycle": {"slow_threshold_us": threshold_us}}})
-    server = _popen_in(veth.b, BULK_SERVER, veth.addr_b, str(PORT))
-    try:
-        assert server.stdout.readline().strip() == "ready", server.stderr.read()
-        rx0 = veth.rx_packets(veth.b, veth.dev_b)
-        r = veth.a.exec(sys.executable, "-c", BULK_CLIENT, veth.addr_b, str(PORT), "10", str(8 << 30),
-                        check=False, timeout=60)
-        assert r.returncode == 0, r.stderr
-        received = int(server.stdout.readline())
+    # two witnesses of the protocol stage on the receiving veth: ftrace (what the kernel
+    # did) and a minimal BPF counter (what the kernel let BPF programs see; on this VM
+    # that is a little less, see tests/kernel/witness.py)
+    with TraceCount("net/netif_receive_skb", f'name == "{veth.dev_b}"') as kernel_seen, \
+            BpfSkbCount("netif_receive_skb", veth.b.inode) as bpf_seen:
+        c = collector(config={"scope": {"netns": [veth.b.inode]},
+                              "probes": {"lifecycle": {"slow_threshold_us": threshold_us}}})
+        server = _popen_in(veth.b, BULK_SERVER, veth.addr_b, str(PORT))
+        try:
+            assert server.stdout.readline().strip() == "ready", server.stderr.read()
+            rx0 = veth.rx_packets(veth.b, veth.dev_b)
+            r = veth.a.exec(sys.executable, "-c", BULK_CLIENT, veth.addr_b, str(PORT), "10", str(8 << 30),
+                            check=False, timeout=60)
+            assert r.returncode == 0, r.stderr
+            received = int(server.stdout.readline())
+        finally:
+            stop_by_stdin(server)
+        time.sleep(0.5)  # the closing handshake has crossed the link
         rx1 = veth.rx_packets(veth.b, veth.dev_b)
-    finally:
-        stop_by_stdin(server)
+        assert c.stop() == 0, c.text()
     assert received == int(r.stdout) > 0
-    assert c.stop() == 0, c.text()
     last = _last_metrics(c.output)
     counts = _stage_counts(last)
     missed = _lost(last, "lifecycle", "kernel_nested_bpf")
-    evicted = _lost(last, "lifecycle", "slot_evicted") + _lost(last, "lifecycle", "arrival_unseen")
+    unseen = _lost(last, "lifecycle", "arrival_unseen")
     packets = rx1 - rx0
-    # every skb the receiving veth counted went arrival -> netif_receive_skb once, and
-    # is counted in the backlog histogram, or else in the kernel's own count of
-    # tracepoint hits it skipped (a tracing BPF program already running on that CPU when
-    # an interrupt nested: bpf_prog_info.recursion_misses, summed over the family's
-    # programs and namespaces, so an upper bound). The scope keeps the other namespaces
-    # out; +4 allows for the few packets (ARP) that may cross the link between the ready
-    # file and the first interface reading. A lifecycle overwritten in the kernel's slot
-    # table before its protocol stage (its set was full) is counted too (slot_evicted, an
-    # upper bound: it also counts slots whose skb ended without a tracepoint we follow),
-    # and so is a protocol stage that found no arrival (arrival_unseen).
-    # OPEN DEFECT (docs/probes/lifecycle.md, Caveats): with raw tracepoints 0-40 of
-    # ~170 K packets are still missing from the backlog histogram and from every counter
-    # (measured 2026-11-22: not slot eviction, not a lost claim race, not a missing
-    # arrival, not a re-injection, not an unreadable device). Until it is found the test
-    # tolerates an uncounted shortfall of at most 1 in 2,000 packets, no more.
     assert packets > 1000
+    # The windows nest: witnesses > collector > [rx0, rx1]; +4 allows for the few packets
+    # (ARP) that may cross the link outside the inner window.
+    # 1. The kernel: every packet the receiving veth counted reached net:netif_receive_skb.
+    assert packets <= kernel_seen.count <= packets + 4, (packets, kernel_seen.count)
+    # 2. Us, exactly: every protocol stage a BPF program was given is in the backlog
+    #    histogram, or counted as arriving unseen (its arrival's slot was taken by another
+    #    lifecycle, or the arrival was not given to BPF), or is among the hits the kernel
+    #    skipped because a tracing program of ours already ran on that CPU (an upper
+    #    bound: recursion_misses summed over the family's programs).
+    accounted = counts["backlog"] + unseen
+    assert accounted <= bpf_seen.count <= accounted + missed + 4, (counts, unseen, missed, bpf_seen.count)
     assert counts["backlog"] <= packets + 4, (counts, packets)
-    uncounted = packets - (counts["backlog"] + missed + evicted)
-    assert uncounted <= packets // 2000, (counts, packets, missed, evicted)
-    assert counts["backlog"] >= 0.8 * packets, (counts, packets, missed, evicted)  # losses stay a small share
+    # 3. The kernel's own gap (not ours, and counted by no BPF program): hits in softirqs
+    #    that interrupted the VM agent's threads. Measured 0-49 per 200-300 K; bounded so a
+    #    larger gap is looked at.
+    hidden = kernel_seen.count - bpf_seen.count
+    assert 0 <= hidden <= packets // 1000, (hidden, kernel_seen.count, bpf_seen.count)
+    assert counts["backlog"] >= 0.8 * packets, (counts, packets, missed, unseen)  # losses stay a small share
     assert counts["total"] >= 1  # data segments read by the application
     spans = read_store(c.output)
     life = [s for s in spans if s["name"] == "kernel.skb.lifecycle"]
