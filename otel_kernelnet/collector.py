@@ -3,8 +3,9 @@
 Lifecycle: resolve where spans go, read what the probes need from the running kernel
 (tracefs format files, BTF), compile and attach, start the receiver, write the ready
 file (the "start-up:" line says where the time went), then drain the ring buffers
-every ``ringbuf.poll_interval_ms`` until ``--duration`` passes or SIGINT/SIGTERM
-arrives; kallsyms is parsed after the start. On every exit path the tracepoints are
+whenever the BPF side wakes the loop (at most every ``ringbuf.poll_interval_ms`` per
+CPU while records come) or ``ringbuf.max_wait_ms`` passes, until ``--duration``
+passes or SIGINT/SIGTERM arrives; kallsyms is parsed after the start. On every exit path the tracepoints are
 detached (all at once), the ring buffers drained a last time, the probes freed and the
 export queue flushed; the final summary says what was seen, exported and lost.
 """
@@ -370,7 +371,7 @@ class Collector:
         # process are not safe (iovisor/bcc#4500: a process-wide table registry, chdir)
         # and, measured on a loaded 2-CPU VM, overlapping Python work with them made
         # the start slower, not faster (docs/benchmarks.md section 3).
-        loader = Loader(debug_print_source=self.debug_bpf)
+        loader = Loader(debug_print_source=self.debug_bpf, wake_interval_ms=self.cfg["ringbuf.poll_interval_ms"])
         t0 = time.monotonic()
         try:
             for fam, plan in planned:
@@ -444,20 +445,23 @@ class Collector:
                      f"free, flush {time.monotonic() - t_detach:.2f} s)")
 
     def _loop(self, loader) -> None:
-        # A fixed interval, also when idle. Tried: after 1 s without records, doubling
-        # it up to 50-100 ms (idle CPU 2.0-2.3% -> 1.4-1.5% of a core); kernel tests
-        # then lost a lifecycle span about 1 run in 4 (0 in 5 without), so it was
-        # dropped: an idle collector needs the BPF side to wake it when a ring buffer
-        # fills (docs/benchmarks.md section 3).
-        poll = self.cfg["ringbuf.poll_interval_ms"] / 1000
+        # Sleeps until the BPF side wakes it (the first record a CPU writes after
+        # ringbuf.poll_interval_ms without a wake-up: bpf/common.bcc.h kn_wake) or
+        # ringbuf.max_wait_ms passes, then drains every ring buffer. Idle, that is one
+        # wake-up per max_wait; busy, at most one per poll interval per CPU. (Before:
+        # a fixed 20 ms poll, 2.0-2.4% of a core idle; a back-off without kernel wake-ups
+        # lost records: docs/benchmarks.md section 3.)
+        sleep = self.cfg["ringbuf.max_wait_ms"] / 1000
         every = self.cfg["status.interval_s"]
         tty = hasattr(self.out, "isatty") and self.out.isatty()
         start = last = time.monotonic()
         last_events = 0
         deadline = start + self.duration if self.duration else None
+        wait = getattr(loader, "wait", None)
         while not self.stop_event.is_set():
-            timeout = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            self.stop_event.wait(timeout)
+            timeout = sleep if deadline is None else max(0.0, min(sleep, deadline - time.monotonic()))
+            if wait is None or not wait(timeout):
+                self.stop_event.wait(timeout)
             loader.consume()
             for fam in self.probes:
                 fam.poll()

@@ -28,6 +28,27 @@ static __always_inline void kn_count(int idx)
 		(*v)++;
 }
 
+/* Ring buffer wake-ups: the first record a CPU submits after KN_WAKE_NS without a
+ * wake-up from it wakes the collector (BPF_RB_FORCE_WAKEUP); the others are written
+ * without one and drained at that wake-up or at the collector's own timeout
+ * (ringbuf.max_wait_ms). An idle collector is never woken; a busy one at most once per
+ * KN_WAKE_NS per CPU (the loader sets it from ringbuf.poll_interval_ms). */
+#ifndef KN_WAKE_NS
+#define KN_WAKE_NS 20000000ULL
+#endif
+BPF_PERCPU_ARRAY(kn_last_wake, u64, 1);
+
+static __always_inline u64 kn_wake(void)
+{
+	int zero = 0;
+	u64 now = bpf_ktime_get_ns();
+	u64 *last = kn_last_wake.lookup(&zero);
+	if (!last || now - *last < KN_WAKE_NS)
+		return BPF_RB_NO_WAKEUP;
+	*last = now;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
 /* 1 while this CPU has emitted fewer than KN_RATE_LIMIT records this second */
 static __always_inline int kn_rate_ok(u64 now)
 {

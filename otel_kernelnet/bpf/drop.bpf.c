@@ -238,7 +238,7 @@ int kn_on_kfree_skb(void *ctx)
 #endif
 	}
 	kn_parse_packet(e, skb);
-	kn_drop_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	kn_drop_events.ringbuf_submit(e, kn_wake());
 	kn_count(KN_STAT_EMITTED);
 	return 0;
 }

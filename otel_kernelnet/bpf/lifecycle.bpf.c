@@ -554,7 +554,7 @@ static __always_inline void kn_emit(struct kn_life_event *s, u64 skb, u64 now)
 		return;
 	}
 	s->skbaddr = 0;
-	kn_life_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	kn_life_events.ringbuf_submit(e, kn_wake());
 	kn_count(KN_STAT_EMITTED);
 }
 

@@ -91,7 +91,7 @@ static __always_inline struct kn_reclaim_event *kn_begin(u8 type, u64 now)
 
 static __always_inline void kn_submit(struct kn_reclaim_event *e)
 {
-	kn_rcl_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	kn_rcl_events.ringbuf_submit(e, kn_wake());
 	kn_count(KN_RCL_STAT_EMITTED);
 }
 

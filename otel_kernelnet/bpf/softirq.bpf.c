@@ -406,7 +406,7 @@ int kn_sirq_on_exit(void *ctx)
 					e->irq_cgroup = kn_current_cgroup();
 					bpf_get_current_comm(e->irq_comm, sizeof(e->irq_comm));
 				}
-				kn_sirq_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+				kn_sirq_events.ringbuf_submit(e, kn_wake());
 				kn_count(KN_SIRQ_STAT_EMITTED);
 			}
 		}

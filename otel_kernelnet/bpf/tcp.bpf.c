@@ -86,7 +86,7 @@ static __always_inline struct kn_tcp_event *kn_begin(u8 type, u64 now, u32 netns
 
 static __always_inline void kn_submit(struct kn_tcp_event *e)
 {
-	kn_tcp_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	kn_tcp_events.ringbuf_submit(e, kn_wake());
 	kn_count(KN_TCP_STAT_EMITTED);
 }
 

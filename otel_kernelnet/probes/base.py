@@ -99,7 +99,7 @@ class RingBufferProbe:
             defines = {**defines, "KN_SCOPE_NETNS": 1}
         self.prog = loader.compile(name, source, defines)
         if scope_netns is not None:  # before attaching: no event slips through unscoped
-            table = self.prog.bpf["kn_scope"]
+            table = self.prog.bpf[b"kn_scope"]
             for inode in scope_netns:
                 table[table.Key(inode)] = table.Leaf(1)
 

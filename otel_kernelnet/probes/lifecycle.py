@@ -440,7 +440,7 @@ class LifecycleFamily(ProbeFamily):
         """Emit every lifecycle of this socket cookie; False (counted) when the list is full."""
         if not self.probe:
             return False
-        table = self.probe.prog.bpf["kn_watch"]
+        table = self.probe.prog.bpf[b"kn_watch"]
         try:
             table[table.Key(cookie)] = table.Leaf(1)
             return True
@@ -451,7 +451,7 @@ class LifecycleFamily(ProbeFamily):
     def unwatch(self, cookie: int) -> None:
         if not self.probe:
             return
-        table = self.probe.prog.bpf["kn_watch"]
+        table = self.probe.prog.bpf[b"kn_watch"]
         try:
             del table[table.Key(cookie)]
         except KeyError:

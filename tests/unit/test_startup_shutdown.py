@@ -142,14 +142,35 @@ class CountingStop:
         return len(self.waits) >= self.n
 
 
-def test_poll_keeps_the_configured_interval_when_idle(tmp_path):
-    # no back-off when idle (it lost records in the kernel tests: docs/benchmarks.md section 3)
+def test_without_ring_buffer_wake_ups_the_loop_sleeps_max_wait_and_drains_each_time(tmp_path):
+    # a loader with nothing to block on (no wait()): the loop sleeps on its stop event for
+    # ringbuf.max_wait_ms, never less (no busy loop), and drains after every sleep
     col = make_collector(tmp_path)
-    busy = col.cfg["ringbuf.poll_interval_ms"] / 1000
     stop = CountingStop(80)
     col.stop_event = stop
-    col._loop(FakeLoader(col._emit, flows={10}))
-    assert set(stop.waits) == {busy} and col.counters.events == 1
+    loader = FakeLoader(col._emit, flows={10})
+    col._loop(loader)
+    assert set(stop.waits) == {col.cfg["ringbuf.max_wait_ms"] / 1000} and col.counters.events == 1
+    assert loader.calls.count("consume") == 80
+    col.pipeline.close(timeout_s=5)
+
+
+def test_with_ring_buffer_wake_ups_the_loop_blocks_in_the_loader(tmp_path):
+    col = make_collector(tmp_path)
+    stop = CountingStop(10**9)
+    col.stop_event = stop
+    loader = FakeLoader(col._emit, flows={3})
+    waits: list[float] = []
+
+    def wait(timeout: float) -> bool:  # the loader blocks (epoll); the stop event is not slept on
+        waits.append(timeout)
+        if len(waits) == 5:
+            stop.n = 0
+        return True
+    loader.wait = wait
+    col._loop(loader)
+    assert waits == [col.cfg["ringbuf.max_wait_ms"] / 1000] * 5 and stop.waits == []
+    assert loader.calls.count("consume") == 5 and col.counters.events == 1
     col.pipeline.close(timeout_s=5)
 
 
