@@ -4,7 +4,8 @@ Lifecycle: resolve where spans go, read what the probes need from the running ke
 (tracefs format files, BTF), compile and attach, start the receiver, write the ready
 file (the "start-up:" line says where the time went), then drain the ring buffers
 whenever the BPF side wakes the loop (at most every ``ringbuf.poll_interval_ms`` per
-CPU while records come) or ``ringbuf.max_wait_ms`` passes, until ``--duration``
+CPU while records come; a record waits about that long at most) or, when quiet,
+``ringbuf.max_wait_ms`` passes, until ``--duration``
 passes or SIGINT/SIGTERM arrives; kallsyms is parsed after the start. On every exit path the tracepoints are
 detached (all at once), the ring buffers drained a last time, the probes freed and the
 export queue flushed; the final summary says what was seen, exported and lost.
@@ -360,7 +361,7 @@ class Collector:
             self.say(f"exporting {sink.description}")
 
         from .export import metrics
-        self.metrics = metrics.build(res, target, self.output, self.cfg["status.interval_s"],
+        self.metrics = metrics.build(res, target, self.output, self.cfg["metrics.interval_s"],
                                      self.stats_by_probe, self.pipeline_stats,
                                      timeout_s=self.cfg["export.otlp.timeout_s"],
                                      histograms=self.metric_histograms, netns_counters=self.netns_counter_values,
@@ -446,11 +447,15 @@ class Collector:
 
     def _loop(self, loader) -> None:
         # Sleeps until the BPF side wakes it (the first record a CPU writes after
-        # ringbuf.poll_interval_ms without a wake-up: bpf/common.bcc.h kn_wake) or
-        # ringbuf.max_wait_ms passes, then drains every ring buffer. Idle, that is one
-        # wake-up per max_wait; busy, at most one per poll interval per CPU. (Before:
-        # a fixed 20 ms poll, 2.0-2.4% of a core idle; a back-off without kernel wake-ups
-        # lost records: docs/benchmarks.md section 3.)
+        # ringbuf.poll_interval_ms without a wake-up: bpf/common.bcc.h kn_wake), then
+        # drains every ring buffer. After a wake-up or a drain that found records it
+        # drains once more a poll interval later (the records written without a wake-up
+        # since: a CPU that woke us wakes us again only a poll interval later), so every
+        # record waits about one poll interval at most; after a quiet drain it sleeps up
+        # to ringbuf.max_wait_ms (housekeeping: join, samplers, status). Idle, that is a
+        # few wake-ups a second. (Before: a fixed 20 ms poll, 2.1% of a core idle; a
+        # back-off without kernel wake-ups lost records: docs/benchmarks.md section 3.)
+        poll = self.cfg["ringbuf.poll_interval_ms"] / 1000
         sleep = self.cfg["ringbuf.max_wait_ms"] / 1000
         every = self.cfg["status.interval_s"]
         tty = hasattr(self.out, "isatty") and self.out.isatty()
@@ -458,11 +463,15 @@ class Collector:
         last_events = 0
         deadline = start + self.duration if self.duration else None
         wait = getattr(loader, "wait", None)
+        busy = True
         while not self.stop_event.is_set():
-            timeout = sleep if deadline is None else max(0.0, min(sleep, deadline - time.monotonic()))
-            if wait is None or not wait(timeout):
+            nap = poll if busy else sleep
+            timeout = nap if deadline is None else max(0.0, min(nap, deadline - time.monotonic()))
+            woke = wait(timeout) if wait is not None else None
+            if woke is None:  # nothing to block on (no ring buffer open)
                 self.stop_event.wait(timeout)
-            loader.consume()
+            found = loader.consume()
+            busy = bool(woke) or bool(found)
             for fam in self.probes:
                 fam.poll()
             self.clock.maybe_recalibrate()

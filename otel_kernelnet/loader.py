@@ -210,6 +210,7 @@ class Loader:
     def __init__(self, debug_print_source: bool = False, wake_interval_ms: int = 20):
         self._wake_ns = int(wake_interval_ms) * 1_000_000  # -D KN_WAKE_NS (bpf/common.bcc.h)
         self._epoll: select.epoll | None = None  # the open ring buffers' map fds
+        self.records = 0  # ring-buffer records drained so far
         self._bcc = None
         self._headers: HeaderTree | None = None
         self._programs: list[Program] = []
@@ -270,6 +271,7 @@ class Loader:
     def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, int], None]) -> None:
         """``callback(data_pointer, size)`` for each record of ``map_name``."""
         def _cb(_ctx: Any, data: Any, size: int) -> int:
+            self.records += 1
             callback(data, size)
             return 0
         table = prog.bpf[map_name.encode()]
@@ -278,25 +280,27 @@ class Loader:
             self._epoll = select.epoll()
         self._epoll.register(table.map_fd, select.EPOLLIN)
 
-    def wait(self, timeout_s: float) -> bool:
+    def wait(self, timeout_s: float) -> bool | None:
         """Sleep until a ring buffer's wake-up (bpf/common.bcc.h kn_wake: the first record
-        after a quiet interval on a CPU) or ``timeout_s``; False at once when no ring
-        buffer is open (the caller sleeps on its own). A record written without a
-        wake-up does not end the sleep: it is drained by :meth:`consume` afterwards."""
+        after a quiet interval on a CPU) or ``timeout_s``: True when woken, False on the
+        timeout, None at once when no ring buffer is open (the caller sleeps on its own).
+        A record written without a wake-up does not end the sleep: :meth:`consume`
+        drains it afterwards."""
         if self._epoll is None:
-            return False
+            return None
         try:
-            self._epoll.poll(timeout_s)
+            return bool(self._epoll.poll(timeout_s))
         except InterruptedError:  # pragma: no cover - PEP 475 retries; a handler may raise
-            pass
-        return True
+            return False
 
-    def consume(self) -> None:
-        """Drain every open ring buffer now (most records are written without a wake-up:
-        see :meth:`wait`)."""
+    def consume(self) -> int:
+        """Drain every open ring buffer now; the number of records drained (most are
+        written without a wake-up: see :meth:`wait`)."""
+        before = self.records
         for prog in self._programs:
             if getattr(prog.bpf, "_ringbuf_manager", None) is not None:
                 prog.bpf.ring_buffer_consume()
+        return self.records - before
 
     @staticmethod
     def percpu_sum(prog: Program, map_name: str, count: int) -> list[int]:

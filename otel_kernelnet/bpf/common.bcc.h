@@ -30,9 +30,9 @@ static __always_inline void kn_count(int idx)
 
 /* Ring buffer wake-ups: the first record a CPU submits after KN_WAKE_NS without a
  * wake-up from it wakes the collector (BPF_RB_FORCE_WAKEUP); the others are written
- * without one and drained at that wake-up or at the collector's own timeout
- * (ringbuf.max_wait_ms). An idle collector is never woken; a busy one at most once per
- * KN_WAKE_NS per CPU (the loader sets it from ringbuf.poll_interval_ms). */
+ * without one and drained by the collector's follow-up drain KN_WAKE_NS after each
+ * wake-up (collector.py _loop). An idle collector is never woken; a busy one at most
+ * once per KN_WAKE_NS per CPU (the loader sets it from ringbuf.poll_interval_ms). */
 #ifndef KN_WAKE_NS
 #define KN_WAKE_NS 20000000ULL
 #endif

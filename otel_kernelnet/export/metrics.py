@@ -29,7 +29,7 @@ spans):
 
 They go where the spans go: to the OTLP endpoint (OTLP metrics exporter, same
 protocol and endpoint resolution), or to the embedded store as OTLP JSON Lines
-(``metrics-*.jsonl``, one MetricsData per line), every ``status.interval_s`` and once
+(``metrics-*.jsonl``, one MetricsData per line), every ``metrics.interval_s`` and once
 more at shutdown.
 """
 

@@ -100,6 +100,7 @@ class FakeLoader:
         for _ in range(n):
             self.emit(KernelSpan(name="kernel.drop", start_ns=1, end_ns=2, trace_id=b"\x01" * 16,
                                  span_id=b"\x02" * 8, attributes={}))
+        return n
 
     def close(self) -> None:
         self.calls.append("close")
@@ -142,16 +143,19 @@ class CountingStop:
         return len(self.waits) >= self.n
 
 
-def test_without_ring_buffer_wake_ups_the_loop_sleeps_max_wait_and_drains_each_time(tmp_path):
-    # a loader with nothing to block on (no wait()): the loop sleeps on its stop event for
-    # ringbuf.max_wait_ms, never less (no busy loop), and drains after every sleep
+def test_without_ring_buffer_wake_ups_the_loop_sleeps_long_only_after_a_quiet_drain(tmp_path):
+    # a loader with nothing to block on (no wait()): the loop sleeps on its stop event and
+    # drains after every sleep; one poll interval first and after a drain that found a
+    # record (the records written without a wake-up since), ringbuf.max_wait_ms otherwise
     col = make_collector(tmp_path)
     stop = CountingStop(80)
     col.stop_event = stop
     loader = FakeLoader(col._emit, flows={10})
     col._loop(loader)
-    assert set(stop.waits) == {col.cfg["ringbuf.max_wait_ms"] / 1000} and col.counters.events == 1
-    assert loader.calls.count("consume") == 80
+    poll, long = col.cfg["ringbuf.poll_interval_ms"] / 1000, col.cfg["ringbuf.max_wait_ms"] / 1000
+    assert poll < long
+    assert stop.waits == [poll] + [long] * 10 + [poll] + [long] * 68  # consume #10 found one
+    assert col.counters.events == 1 and loader.calls.count("consume") == 80
     col.pipeline.close(timeout_s=5)
 
 
@@ -164,13 +168,15 @@ def test_with_ring_buffer_wake_ups_the_loop_blocks_in_the_loader(tmp_path):
 
     def wait(timeout: float) -> bool:  # the loader blocks (epoll); the stop event is not slept on
         waits.append(timeout)
-        if len(waits) == 5:
+        if len(waits) == 6:
             stop.n = 0
-        return True
+        return len(waits) == 2  # woken by a ring buffer once, else timed out
     loader.wait = wait
     col._loop(loader)
-    assert waits == [col.cfg["ringbuf.max_wait_ms"] / 1000] * 5 and stop.waits == []
-    assert loader.calls.count("consume") == 5 and col.counters.events == 1
+    poll, long = col.cfg["ringbuf.poll_interval_ms"] / 1000, col.cfg["ringbuf.max_wait_ms"] / 1000
+    # start: a follow-up drain; woken (2nd): a follow-up; consume #3 (0-based) finds a record: a follow-up
+    assert waits == [poll, long, poll, long, poll, long] and stop.waits == []
+    assert loader.calls.count("consume") == 6 and col.counters.events == 1
     col.pipeline.close(timeout_s=5)
 
 
