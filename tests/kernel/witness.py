@@ -69,18 +69,18 @@ class TraceCount:
 
 _BPF_COUNT = r"""
 BPF_ARRAY(hits, u64, 1);
-RAW_TRACEPOINT_PROBE(TP)
+RAW_TRACEPOINT_PROBE(@TP@)
 {
 	void *dev = 0, *net = 0;
 	u32 inum = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)ctx->args[0] + OFF_SKB_DEV);
+	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)ctx->args[0] + @OFF_SKB_DEV@);
 	if (!dev)
 		return 0;
-	bpf_probe_read_kernel(&net, sizeof(net), dev + OFF_DEV_ND_NET);
+	bpf_probe_read_kernel(&net, sizeof(net), dev + @OFF_DEV_ND_NET@);
 	if (!net)
 		return 0;
-	bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NET_INUM);
-	if (inum == NETNS) {
+	bpf_probe_read_kernel(&inum, sizeof(inum), net + @OFF_NET_INUM@);
+	if (inum == @NETNS@) {
 		int zero = 0;
 		u64 *v = hits.lookup(&zero);
 		if (v)
@@ -108,7 +108,8 @@ class BpfSkbCount:
                            ("OFF_DEV_ND_NET", btf.offsetof("net_device", "nd_net")),
                            ("OFF_NET_INUM", btf.offsetof("net", "ns.inum")),
                            ("NETNS", self.netns), ("TP", self.tracepoint)):
-            src = src.replace(key, str(value))
+            src = src.replace(f"@{key}@", str(value))
+        assert "@" not in src, src
         self._headers = find_headers()
         if self._headers is None:
             raise RuntimeError("no kernel header tree for bcc (scripts/setup.sh installs one)")
