@@ -70,7 +70,7 @@ SCHEMA: dict[str, Key] = {
     "export.otlp.timeout_s": Key(10, "Timeout of one OTLP export request, seconds.", _num(0), "a number > 0"),
     "export.queue_spans": Key(65536, "Spans waiting for export at most; beyond it new spans are dropped and counted.", _int(1), "an integer >= 1"),
     "export.batch_spans": Key(2048, "Spans per export batch (one JSON Lines record or one OTLP request).", _int(1), "an integer >= 1"),
-    "export.batch_delay_ms": Key(100, "Export a partial batch after this long (bounds end-to-end latency: p50 about half of it, plus ~25 ms).", _int(1), "an integer >= 1"),
+    "export.batch_delay_ms": Key(50, "Export a partial batch this long after its first span (bounds end-to-end latency: p50 about half of it, plus ~15-25 ms).", _int(1), "an integer >= 1"),
     "probes.drop.enabled": Key(True, "Drop probe (skb:kfree_skb): one span per dropped packet.", lambda v: isinstance(v, bool), "true or false"),
     "probes.drop.rate_limit_per_cpu": Key(10000, "Drop spans per CPU per second at most; the excess is counted (rate_capped), never silent.", _int(1), "an integer >= 1"),
     "probes.tcp.enabled": Key(True, "TCP events (retransmits, resets sent/received, congestion states, connect latency): one kernel.tcp span per event.", lambda v: isinstance(v, bool), "true or false"),
