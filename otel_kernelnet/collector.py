@@ -158,6 +158,7 @@ class Collector:
         return res, sink, target
 
     pods: Any = None  # k8s.PodResolver in daemonset mode
+    _interrupt: Callable[[], None] = staticmethod(lambda: None)  # the loader's, once it exists
 
     def _emit(self, span: KernelSpan) -> None:
         self.counters.events += 1
@@ -373,6 +374,7 @@ class Collector:
         # and, measured on a loaded 2-CPU VM, overlapping Python work with them made
         # the start slower, not faster (docs/benchmarks.md section 3).
         loader = Loader(debug_print_source=self.debug_bpf, wake_interval_ms=self.cfg["ringbuf.poll_interval_ms"])
+        self._interrupt = loader.interrupt
         t0 = time.monotonic()
         try:
             for fam, plan in planned:
@@ -497,6 +499,7 @@ class Collector:
 
         def stop(signum, _frame):
             self.stop_event.set()
+            self._interrupt()  # ends the loop's sleep on the ring buffers at once
         return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     @staticmethod

@@ -210,6 +210,7 @@ class Loader:
     def __init__(self, debug_print_source: bool = False, wake_interval_ms: int = 20):
         self._wake_ns = int(wake_interval_ms) * 1_000_000  # -D KN_WAKE_NS (bpf/common.bcc.h)
         self._epoll: select.epoll | None = None  # the open ring buffers' map fds
+        self._stop_fd: int | None = None  # an eventfd in the epoll: interrupt()
         self.records = 0  # ring-buffer records drained so far
         self._bcc = None
         self._headers: HeaderTree | None = None
@@ -278,7 +279,14 @@ class Loader:
         table.open_ring_buffer(_cb)
         if self._epoll is None:
             self._epoll = select.epoll()
+            self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._epoll.register(self._stop_fd, select.EPOLLIN)
         self._epoll.register(table.map_fd, select.EPOLLIN)
+
+    def interrupt(self) -> None:
+        """End a :meth:`wait` now (a stop request: signal handler or another thread)."""
+        if self._stop_fd is not None:
+            os.eventfd_write(self._stop_fd, 1)
 
     def wait(self, timeout_s: float) -> bool | None:
         """Sleep until a ring buffer's wake-up (bpf/common.bcc.h kn_wake: the first record
@@ -289,9 +297,15 @@ class Loader:
         if self._epoll is None:
             return None
         try:
-            return bool(self._epoll.poll(timeout_s))
+            events = self._epoll.poll(timeout_s)
         except InterruptedError:  # pragma: no cover - PEP 475 retries; a handler may raise
             return False
+        if any(fd == self._stop_fd for fd, _ in events):
+            try:
+                os.eventfd_read(self._stop_fd)
+            except BlockingIOError:
+                pass
+        return bool(events)
 
     def consume(self) -> int:
         """Drain every open ring buffer now; the number of records drained (most are
@@ -373,6 +387,9 @@ class Loader:
             if self._epoll is not None:
                 self._epoll.close()
                 self._epoll = None
+            if self._stop_fd is not None:
+                os.close(self._stop_fd)
+                self._stop_fd = None
             errors, self._detach_errors = self._detach_errors, []
             while self._programs:
                 prog = self._programs.pop()

@@ -215,3 +215,52 @@ def test_run_does_not_import_the_lab_or_the_analysis_package():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+class PipeRing:
+    """A ring buffer table stand-in: its ``map_fd`` is a pipe's read end, readable once
+    something is written to the write end (as a ring buffer's fd after a wake-up)."""
+
+    def __init__(self):
+        import os
+        self.map_fd, self.w = os.pipe()
+        self.cb = None
+
+    def open_ring_buffer(self, cb):
+        self.cb = cb
+
+
+class PipeBPF:
+    def __init__(self, ring: PipeRing):
+        self.ring = ring
+
+    def __getitem__(self, name: bytes) -> PipeRing:
+        assert name == b"kn_events"  # bcc gets bytes
+        return self.ring
+
+    def cleanup(self) -> None:
+        pass
+
+
+def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
+    import os
+    import time
+    ring = PipeRing()
+    loader = Loader()
+    prog = Program("fam", PipeBPF(ring))
+    assert loader.wait(0.01) is None  # no ring buffer open: nothing to block on
+    loader.open_ring_buffer(prog, "kn_events", lambda data, size: None)
+    t0 = time.monotonic()
+    assert loader.wait(0.05) is False and time.monotonic() - t0 >= 0.04  # timed out
+    os.write(ring.w, b"x")  # the BPF side's wake-up
+    assert loader.wait(5) is True
+    os.read(ring.map_fd, 1)
+    threading.Timer(0.05, loader.interrupt).start()  # a stop request from elsewhere
+    t0 = time.monotonic()
+    assert loader.wait(5) is True and time.monotonic() - t0 < 2
+    assert loader.wait(0.01) is False  # the interrupt was consumed
+    loader.close()  # closes the epoll and the eventfd
+    assert loader.wait(0.01) is None
+    loader.interrupt()  # after close: a no-op
+    os.close(ring.w)
+    os.close(ring.map_fd)
