@@ -252,7 +252,7 @@ print(n, flush=True)
 """ % SOURCE_CPU
 
 RT_SECONDS = 3
-RT_ATTEMPTS = 3  # rounds of spinner + flood at most (see the test)
+RT_ATTEMPTS = 5  # rounds of spinner + flood at most (see the test): 1 in ~250 runs fails at 5
 
 
 @pytest.fixture
