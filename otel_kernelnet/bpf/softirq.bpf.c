@@ -96,6 +96,12 @@
 #ifndef KN_ARG_EXIT_VEC
 #define KN_ARG_EXIT_VEC 0
 #endif
+#ifndef KN_ARG_SWITCH_NEXT
+#define KN_ARG_SWITCH_NEXT 0
+#endif
+#ifndef KN_ARG_WAKING_P
+#define KN_ARG_WAKING_P 0
+#endif
 
 BPF_RINGBUF_OUTPUT(kn_sirq_events, KN_RINGBUF_PAGES);
 #define KN_STATS_MAX KN_SIRQ_STAT_MAX
@@ -262,6 +268,22 @@ static __always_inline u32 kn_ksoftirqd_pid(u32 cpu)
 	return p ? *p : 0;
 }
 
+/* pid is this CPU's ksoftirqd (0 never is) */
+static __always_inline int kn_is_ksoftirqd(u32 pid)
+{
+	return pid && pid == kn_ksoftirqd_pid(bpf_get_smp_processor_id());
+}
+
+/* pid of a task given to a tracepoint: a raw one passes the task_struct (pid at its BTF
+ * offset), a classic one the pid field of its record */
+#define KN_TASK_PID(dst, raw, argi, tpoff)								\
+	do {												\
+		if (raw)										\
+			bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)KN_ARG(argi) + KN_OFF_TASK_PID);	\
+		else											\
+			dst = *(u32 *)(ctx + (tpoff));							\
+	} while (0)
+
 int kn_sirq_on_raise(void *ctx)
 {
 	u32 vec = KN_VEC_OF(RAISE);
@@ -306,8 +328,7 @@ int kn_sirq_on_entry(void *ctx)
 	s->irq_pid = pid;
 	s->irq_slot = -1;
 	s->napi_polls = s->napi_work = s->napi_budget = s->napi_exhausted = 0;
-	u32 ksoftirqd = kn_ksoftirqd_pid(bpf_get_smp_processor_id());
-	if (ksoftirqd && tid == ksoftirqd) {
+	if (kn_is_ksoftirqd(tid)) {
 		s->flags |= KN_SIRQ_F_IN_KSOFTIRQD;
 	} else if (v->run_start_ns) {
 		/* the interrupted task held the CPU from its switch-in (or the wait's start) */
@@ -445,13 +466,9 @@ int kn_sirq_on_switch(void *ctx)
 	}
 	s->since = now;
 	if (s->ksd_runnable_ns || (start && s->ksoftirqd_wake_ns && !s->ksoftirqd_run_ns)) {
-#if KN_RAW_SWITCH
 		u32 next = 0;
-		bpf_probe_read_kernel(&next, sizeof(next), (void *)KN_ARG(KN_ARG_SWITCH_NEXT) + KN_OFF_TASK_PID);
-#else
-		u32 next = *(u32 *)(ctx + KN_TP_SWITCH_NEXT_PID);
-#endif
-		if (next && next == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
+		KN_TASK_PID(next, KN_RAW_SWITCH, KN_ARG_SWITCH_NEXT, KN_TP_SWITCH_NEXT_PID);
+		if (kn_is_ksoftirqd(next)) {
 			if (start && !s->ksoftirqd_run_ns) {
 				if (!s->ksoftirqd_wake_ns && s->ksd_runnable_ns) {
 					s->ksoftirqd_wake_ns = s->ksd_runnable_ns;  /* woken before the wait */
@@ -467,8 +484,7 @@ int kn_sirq_on_switch(void *ctx)
 	}
 #if KN_RAW_SWITCH
 	if ((u8)KN_ARG(0)) {  /* prev was preempted: if it is ksoftirqd it stays runnable */
-		u32 tid = (u32)bpf_get_current_pid_tgid();
-		if (tid && tid == kn_ksoftirqd_pid(bpf_get_smp_processor_id()))
+		if (kn_is_ksoftirqd((u32)bpf_get_current_pid_tgid()))
 			s->ksd_runnable_ns = now;
 	}
 #endif
@@ -482,13 +498,9 @@ int kn_sirq_on_waking(void *ctx)
 	struct kn_sirq_cpu *s = kn_state();
 	if (!s || s->ksd_runnable_ns)  /* already runnable: this wake-up changes nothing */
 		return 0;
-#if KN_RAW_WAKING
 	u32 pid = 0;
-	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)KN_ARG(KN_ARG_WAKING_P) + KN_OFF_TASK_PID);
-#else
-	u32 pid = *(u32 *)(ctx + KN_TP_WAKING_PID);
-#endif
-	if (pid && pid == kn_ksoftirqd_pid(bpf_get_smp_processor_id())) {
+	KN_TASK_PID(pid, KN_RAW_WAKING, KN_ARG_WAKING_P, KN_TP_WAKING_PID);
+	if (kn_is_ksoftirqd(pid)) {
 		u64 now = bpf_ktime_get_ns();
 		s->ksd_runnable_ns = now;
 		if (s->v[KN_SIRQ_IDX_RX].start_ns && !s->ksoftirqd_wake_ns) {
