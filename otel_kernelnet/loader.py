@@ -238,10 +238,12 @@ class Loader:
     def headers(self) -> HeaderTree | None:
         return self._headers
 
-    def compile(self, name: str, source_file: str, defines: dict[str, int | str]) -> Program:
-        """Compile ``bpf/<source_file>`` with ``-D`` settings (include dir: bpf/)."""
+    def compile(self, name: str, source_file: str, defines: dict[str, int | str],
+                directory: Path = BPF_DIR) -> Program:
+        """Compile ``<directory>/<source_file>`` (default: the package's bpf/) with ``-D``
+        settings; include dir and ``*.bcc.h`` files: bpf/."""
         self._prepare()
-        src = inline_bcc_headers((BPF_DIR / source_file).read_text())
+        src = inline_bcc_headers((directory / source_file).read_text())
         defines = {"KN_WAKE_NS": f"{self._wake_ns}ULL", **defines}
         cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(defines.items())]
         if self._debug:

@@ -19,10 +19,11 @@ import glob
 import os
 import re
 import uuid
+from pathlib import Path
 
 from otel_kernelnet.kernel.btf import BTF
 from otel_kernelnet.kernel.tracefs import ensure_tracefs
-from otel_kernelnet.loader import find_headers, import_bcc
+from otel_kernelnet.loader import RAW_PREFIX, Loader
 
 
 class TraceCount:
@@ -67,70 +68,34 @@ class TraceCount:
             os.rmdir(self.dir)
 
 
-_BPF_COUNT = r"""
-BPF_ARRAY(hits, u64, 1);
-RAW_TRACEPOINT_PROBE(@TP@)
-{
-	void *dev = 0, *net = 0;
-	u32 inum = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)ctx->args[0] + @OFF_SKB_DEV@);
-	if (!dev)
-		return 0;
-	bpf_probe_read_kernel(&net, sizeof(net), dev + @OFF_DEV_ND_NET@);
-	if (!net)
-		return 0;
-	bpf_probe_read_kernel(&inum, sizeof(inum), net + @OFF_NET_INUM@);
-	if (inum == @NETNS@) {
-		int zero = 0;
-		u64 *v = hits.lookup(&zero);
-		if (v)
-			__sync_fetch_and_add(v, 1);
-	}
-	return 0;
-}
-"""
-
-
 class BpfSkbCount:
     """Count hits of a raw tracepoint whose first argument is an skb on a device of the
-    network namespace with inode ``netns`` (offsets from the running kernel's BTF)."""
+    network namespace with inode ``netns`` (witness.bpf.c; offsets from the running
+    kernel's BTF), through the collector's own Loader."""
 
     def __init__(self, tracepoint: str, netns: int):
         self.tracepoint, self.netns = tracepoint, netns
         self.count: int | None = None
-        self._bpf = None
-        self._headers = None
+        self._loader: Loader | None = None
+        self._prog = None
 
     def __enter__(self) -> "BpfSkbCount":
         btf = BTF.load()
-        src = _BPF_COUNT
-        for key, value in (("OFF_SKB_DEV", btf.offsetof("sk_buff", "dev")),
-                           ("OFF_DEV_ND_NET", btf.offsetof("net_device", "nd_net")),
-                           ("OFF_NET_INUM", btf.offsetof("net", "ns.inum")),
-                           ("NETNS", self.netns), ("TP", self.tracepoint)):
-            src = src.replace(f"@{key}@", str(value))
-        assert "@" not in src, src
-        self._headers = find_headers()
-        if self._headers is None:
-            raise RuntimeError("no kernel header tree for bcc (scripts/setup.sh installs one)")
-        before = os.environ.get("BCC_KERNEL_SOURCE")
-        os.environ["BCC_KERNEL_SOURCE"] = self._headers.path
+        self._loader = Loader()
         try:
-            self._bpf = import_bcc().BPF(text=src.encode())
+            self._prog = self._loader.compile("witness", "witness.bpf.c", {
+                "OFF_SKB_DEV": btf.offsetof("sk_buff", "dev"),
+                "OFF_DEV_ND_NET": btf.offsetof("net_device", "nd_net"),
+                "OFF_NET_INUM": btf.offsetof("net", "ns.inum"),
+                "NETNS": self.netns}, directory=Path(__file__).parent)
+            self._loader.attach(self._prog, RAW_PREFIX + self.tracepoint, "kn_witness")
         except BaseException:
-            self._headers.cleanup()
+            self._loader.close()
             raise
-        finally:  # the collectors this test starts find their own header tree
-            if before is None:
-                os.environ.pop("BCC_KERNEL_SOURCE", None)
-            else:
-                os.environ["BCC_KERNEL_SOURCE"] = before
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.count = int(self._bpf[b"hits"][0].value)
-            self._bpf.cleanup()  # detaches the raw tracepoint
+            self.count = self._loader.percpu_sum(self._prog, "hits", 1)[0]
         finally:
-            self._bpf = None
-            self._headers.cleanup()
+            self._loader.close()  # detaches
