@@ -5,10 +5,11 @@ Lifecycle: resolve where spans go, read what the probes need from the running ke
 file (the "start-up:" line says where the time went), then drain the ring buffers
 whenever the BPF side wakes the loop (at most every ``ringbuf.poll_interval_ms`` per
 CPU while records come; a record waits about that long at most) or, when quiet,
-``ringbuf.max_wait_ms`` passes, until ``--duration``
-passes or SIGINT/SIGTERM arrives; kallsyms is parsed after the start. On every exit path the tracepoints are
-detached (all at once), the ring buffers drained a last time, the probes freed and the
-export queue flushed; the final summary says what was seen, exported and lost.
+``ringbuf.max_wait_ms`` passes, until ``--duration`` passes or SIGINT/SIGTERM arrives
+(a signal ends the sleep at once); kallsyms is parsed after the start. On every exit
+path the tracepoints are detached (all at once), the ring buffers drained a last
+time, the probes freed and the export queue flushed; the final summary says what was
+seen, exported and lost.
 """
 
 from __future__ import annotations
