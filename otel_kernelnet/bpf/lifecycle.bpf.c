@@ -407,8 +407,9 @@ static __always_inline void kn_parse_l3(struct kn_life_event *s, void *l3)
 	}
 }
 
-/* a packet of the scope reached the protocol stage without an arrival we recorded
- * (its slot was lost): counted, so the histograms' shortfall is accounted for */
+/* a packet of the scope reached the protocol stage without an arrival we recorded (its
+ * slot was taken, or the kernel ran no BPF program at its arrival: docs/probes/
+ * lifecycle.md, Caveats): counted, so the histograms' shortfall is accounted for */
 static __always_inline void kn_count_unseen(void *skb)
 {
 	if (!skb)
