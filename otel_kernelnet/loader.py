@@ -211,7 +211,6 @@ class Loader:
         self._wake_ns = int(wake_interval_ms) * 1_000_000  # -D KN_WAKE_NS (bpf/common.bcc.h)
         self._epoll: select.epoll | None = None  # the open ring buffers' map fds
         self._stop_fd: int | None = None  # an eventfd in the epoll: interrupt()
-        self.records = 0  # ring-buffer records drained so far
         self._bcc = None
         self._headers: HeaderTree | None = None
         self._programs: list[Program] = []
@@ -274,7 +273,6 @@ class Loader:
     def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, int], None]) -> None:
         """``callback(data_pointer, size)`` for each record of ``map_name``."""
         def _cb(_ctx: Any, data: Any, size: int) -> int:
-            self.records += 1
             callback(data, size)
             return 0
         table = prog.bpf[map_name.encode()]
@@ -311,12 +309,15 @@ class Loader:
 
     def consume(self) -> int:
         """Drain every open ring buffer now; the number of records drained (most are
-        written without a wake-up: see :meth:`wait`)."""
-        before = self.records
+        written without a wake-up: see :meth:`wait`). libbpf's ``ring_buffer__consume``
+        returns the count (bcc's ``ring_buffer_consume`` drops it), so nothing is
+        counted per record here."""
+        n = 0
         for prog in self._programs:
-            if getattr(prog.bpf, "_ringbuf_manager", None) is not None:
-                prog.bpf.ring_buffer_consume()
-        return self.records - before
+            rb = getattr(prog.bpf, "_ringbuf_manager", None)
+            if rb is not None:
+                n += max(0, self._bcc.lib.bpf_consume_ringbuf(rb))
+        return n
 
     @staticmethod
     def percpu_sum(prog: Program, map_name: str, count: int) -> list[int]:

@@ -66,11 +66,14 @@ def _run(veth, classic: bool) -> tuple[list, list, dict[str, str]]:
             deadline = time.monotonic() + 10
             mine_l: list = []
             mine_d: list = []
+            drained = 0
             while time.monotonic() < deadline and (len(mine_l) < 3 or len(mine_d) < 3):
-                loader.consume()
+                drained += loader.consume()
                 mine_l = [s for s in got["lifecycle"] if s.attributes.get("kernelnet.netns") == veth.b.inode]
                 mine_d = [s for s in got["drop"] if s.attributes.get("kernelnet.netns") == veth.b.inode]
                 time.sleep(0.05)
+            # consume() returns the records it drained: one span each in these families
+            assert drained == len(got["lifecycle"]) + len(got["drop"]) > 0, (drained, got)
     finally:
         os.environ.pop(rawtp.CLASSIC_ENV, None)
     return mine_l, mine_d, types
