@@ -82,7 +82,8 @@ RUN python3 -m venv .venv \
  && echo /opt/otel-kernelnet/.venv/debian-bcc > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_debian_bcc.pth" \
  && .venv/bin/python -c 'import bcc, otel_kernelnet.collector' \
  && .venv/bin/python -m compileall -q otel_kernelnet \
- && mkdir -p /var/lib/otel-kernelnet
+ && mkdir -p /var/lib/otel-kernelnet \
+ && install -d -m 0700 /var/cache/otel-kernelnet
 
 ENV PATH=/opt/otel-kernelnet/.venv/bin:$PATH
 
@@ -90,6 +91,8 @@ ENV PATH=/opt/otel-kernelnet/.venv/bin:$PATH
 # capabilities, and the pod spec already limits root to the set listed at the top.
 # hadolint ignore=DL3002
 USER 0:0
-VOLUME ["/var/lib/otel-kernelnet"]
+# the embedded store, and the compiled BPF objects (bpf.cache_dir: a restart loads
+# them instead of compiling; the manifests mount it, hostPath for the DaemonSet)
+VOLUME ["/var/lib/otel-kernelnet", "/var/cache/otel-kernelnet"]
 ENTRYPOINT ["otel-kernelnet"]
 CMD ["run", "--output", "/var/lib/otel-kernelnet"]

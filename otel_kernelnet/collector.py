@@ -373,8 +373,10 @@ class Collector:
         # bcc compiles one family at a time, on this thread: concurrent compiles in one
         # process are not safe (iovisor/bcc#4500: a process-wide table registry, chdir)
         # and, measured on a loaded 2-CPU VM, overlapping Python work with them made
-        # the start slower, not faster (docs/benchmarks.md section 3).
-        loader = Loader(debug_print_source=self.debug_bpf, wake_interval_ms=self.cfg["ringbuf.poll_interval_ms"])
+        # the start slower, not faster (docs/benchmarks.md section 3). A warm start
+        # compiles nothing: the objects come from bpf.cache_dir (bpfobj.py).
+        loader = Loader(debug_print_source=self.debug_bpf, wake_interval_ms=self.cfg["ringbuf.poll_interval_ms"],
+                        cache_dir=self.cfg["bpf.cache_dir"] or None)
         self._interrupt = loader.interrupt
         t0 = time.monotonic()
         try:
@@ -386,10 +388,11 @@ class Collector:
                 self.probes.append(fam)
             phases["compile+attach"] = time.monotonic()
             self.say(f"probes attached in {time.monotonic() - t0:.2f}s "
-                     f"({'; '.join(f.summary for f in self.probes)}); "
-                     f"headers: {loader.headers.how if loader.headers else '?'}")
+                     f"({'; '.join(f.summary for f in self.probes)}); {loader.objects_summary()}")
+            for note in loader.cache.notes:
+                self.say(f"warning: {note}")
             self._start_receiver(sink, target)
-            loader.release_compiler_memory()  # the heap clang/LLVM freed: about 40 MB of RSS
+            loader.release_compiler_memory()  # after a compile, the heap clang/LLVM freed: ~40 MB of RSS
             phases["receiver"] = time.monotonic()
             self.say("start-up: " + self.start_breakdown())
             if self.ready_file:

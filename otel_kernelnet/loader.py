@@ -1,8 +1,9 @@
 """The loader: the one module that imports bcc.
 
 It finds a kernel header tree bcc can compile against, compiles a probe's C with its
-``-D`` settings, attaches tracepoints, drains BPF ring buffers and detaches on every
-exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
+``-D`` settings (or takes the same object from the object cache, bpfobj.py: then no
+compiler, header tree or bcc import is needed), attaches tracepoints, drains BPF ring
+buffers and detaches on every exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
 normal exit so the ``finally`` runs). If the process dies hard, the kernel detaches
 the programs anyway when their file descriptors close.
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .bpfobj import (DEFAULT_CACHE_DIR, BpfMap, BpfObject, BpfObjectError, ObjectCache, RingBuffers,
+                     cache_key, compile_image)
 from .kernel import tracefs
 
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -181,42 +184,42 @@ def prog_info_u64(fd: int, offset: int) -> int:
 
 @dataclass
 class Program:
-    """One compiled probe family: its bcc object and what it attached."""
+    """One probe family's BPF object in the kernel, and what it attached."""
     name: str
-    bpf: Any
+    obj: BpfObject
+    cached: bool = False  # loaded from the object cache, not compiled now
+    key: str = ""  # its object cache key
     attached: list[tuple[str, str]] = field(default_factory=list)  # (tracepoint, fn)
     detached: bool = False  # Loader.detach() ran: ``attached`` says what was attached
 
+    def map(self, name: str) -> BpfMap:
+        return self.obj[name]
 
-def read_percpu(table: Any, count: int) -> list[list[int]]:
-    """The per-CPU values of keys ``0..count-1`` of a bcc per-CPU array: one batched
-    lookup (BPF_MAP_LOOKUP_BATCH, Linux 5.6+; ~8x faster than a syscall per key for
-    the 256-entry histograms the metrics read every interval), else key by key."""
-    try:
-        rows: list[list[int] | None] = [None] * count
-        for key, values in table.items_lookup_batch():
-            if 0 <= key.value < count:
-                rows[key.value] = [int(v) for v in values]
-        if all(r is not None for r in rows):
-            return rows  # type: ignore[return-value]
-    except Exception:  # no batch ops on this kernel or map type: key by key
-        pass
-    return [[int(v) for v in table[table.Key(i)]] for i in range(count)]
+
+def read_percpu(table: BpfMap, count: int) -> list[list[int]]:
+    """The per-CPU values of keys ``0..count-1`` of a per-CPU array (one batched lookup
+    where the kernel has it: :meth:`BpfMap.percpu_rows`)."""
+    return table.percpu_rows(count)
 
 
 class Loader:
-    """Compiles, attaches and drains probes; detaches everything on close()."""
+    """Compiles (or takes from the object cache), attaches and drains probes; detaches
+    everything on close()."""
 
-    def __init__(self, debug_print_source: bool = False, wake_interval_ms: int = 20):
+    def __init__(self, debug_print_source: bool = False, wake_interval_ms: int = 20,
+                 cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR):
         self._wake_ns = int(wake_interval_ms) * 1_000_000  # -D KN_WAKE_NS (bpf/common.bcc.h)
         self._epoll: select.epoll | None = None  # the open ring buffers' map fds
         self._stop_fd: int | None = None  # an eventfd in the epoll: interrupt()
+        self._rings = RingBuffers()
         self._bcc = None
         self._headers: HeaderTree | None = None
         self._programs: list[Program] = []
         self._debug = debug_print_source
         self._detach_errors: list[str] = []
-        self.compile_seconds = 0.0
+        self.cache = ObjectCache(cache_dir)
+        self.compile_seconds = 0.0  # in the compiler (cache misses only)
+        self.load_seconds = 0.0  # maps created (and, for a hit, the cache file read)
 
     def __enter__(self) -> "Loader":
         return self
@@ -237,51 +240,96 @@ class Loader:
     def headers(self) -> HeaderTree | None:
         return self._headers
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiler ran in this process (a cache miss)."""
+        return self._bcc is not None
+
+    def objects_summary(self) -> str:
+        """One phrase for the start-up line: where the objects came from."""
+        hits = sum(p.cached for p in self._programs)
+        n = len(self._programs)
+        where = self.cache.directory
+        if hits == n:
+            return f"objects: {n} from the cache ({where})"
+        how = self._headers.how if self._headers else "?"
+        done = f"compiled {n - hits} in {self.compile_seconds:.2f}s (headers: {how})"
+        if hits:
+            done += f", {hits} from the cache"
+        if where is None:
+            return done + "; object cache off"
+        return done + f"; cached in {where} for the next start" if self.cache.stored else done
+
+    def source(self, source_file: str, defines: dict[str, int | str],
+               directory: Path = BPF_DIR) -> tuple[str, list[str]]:
+        """The C text and compiler flags of a probe, as :meth:`compile` gives them to bcc."""
+        src = inline_bcc_headers((directory / source_file).read_text())
+        defines = {"KN_WAKE_NS": f"{self._wake_ns}ULL", **defines}
+        return src, [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(defines.items())]
+
     def compile(self, name: str, source_file: str, defines: dict[str, int | str],
                 directory: Path = BPF_DIR) -> Program:
         """Compile ``<directory>/<source_file>`` (default: the package's bpf/) with ``-D``
-        settings; include dir and ``*.bcc.h`` files: bpf/."""
-        self._prepare()
-        src = inline_bcc_headers((directory / source_file).read_text())
-        defines = {"KN_WAKE_NS": f"{self._wake_ns}ULL", **defines}
-        cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(defines.items())]
+        settings (include dir and ``*.bcc.h`` files: bpf/), or take the same object from
+        the cache (bpfobj.py: keyed by the source, the flags, bcc's version and the
+        kernel); then create its maps."""
+        src, cflags = self.source(source_file, defines, directory)
         if self._debug:
             print(f"/* {source_file} compiled with: {' '.join(cflags)} */\n{src}")
+        key = cache_key(src, cflags)
         t0 = time.monotonic()
+        image = self.cache.load(key)
+        cached = image is not None
+        if image is None:
+            self._prepare()
+            try:
+                image = compile_image(self._bcc, src.encode(), cflags)  # bcc wants bytes
+            except BpfObjectError as e:
+                raise LoaderError(f"compiling {source_file}: {e}") from None
+            except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
+                raise LoaderError(f"compiling {source_file} failed: {e}") from None
+            self.compile_seconds += time.monotonic() - t0
+            self.cache.store(key, image)
+        t1 = time.monotonic()
         try:
-            bpf = self._bcc.BPF(text=src.encode(), cflags=cflags)  # bcc wants bytes
-        except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
-            raise LoaderError(f"compiling {source_file} failed: {e}") from None
-        self.compile_seconds += time.monotonic() - t0
-        prog = Program(name, bpf)
+            obj = BpfObject(image, name)
+        except BpfObjectError as e:
+            raise LoaderError(str(e)) from None
+        self.load_seconds += time.monotonic() - t1 + (t1 - t0 if cached else 0.0)
+        prog = Program(name, obj, cached=cached, key=key)
         self._programs.append(prog)
         return prog
 
     def attach(self, prog: Program, tracepoint: str, fn_name: str) -> None:
         """``category:name`` attaches a classic tracepoint; ``raw:name`` a raw tracepoint
         (BPF_PROG_TYPE_RAW_TRACEPOINT: the TP_PROTO arguments, no trace record built,
-        and not skipped when nested in another tracing program; probes/*.py decide)."""
+        and not skipped when nested in another tracing program; probes/*.py decide).
+        The function is loaded (verified) at its first attach."""
         try:
             if tracepoint.startswith(RAW_PREFIX):
-                prog.bpf.attach_raw_tracepoint(tp=tracepoint[len(RAW_PREFIX):].encode(), fn_name=fn_name.encode())
-            else:  # bcc wants bytes (str works, with a DeprecationWarning per call)
-                prog.bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
-        except Exception as e:
+                prog.obj.attach_raw_tracepoint(tracepoint[len(RAW_PREFIX):], fn_name)
+            else:
+                tracefs.ensure_tracefs()  # the tracepoint's id comes from tracefs
+                prog.obj.attach_tracepoint(tracepoint, fn_name)
+        except (BpfObjectError, OSError) as e:
+            if prog.cached:  # a cached image the kernel refuses is not kept: the next start compiles
+                self.cache.evict(prog.key)
+                e = f"{e} (loaded from the object cache, entry removed: a restart compiles afresh)"
             raise LoaderError(f"attaching {fn_name} to tracepoint {tracepoint} failed: {e}") from None
         prog.attached.append((tracepoint, fn_name))
 
     def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, int], None]) -> None:
         """``callback(data_pointer, size)`` for each record of ``map_name``."""
-        def _cb(_ctx: Any, data: Any, size: int) -> int:
-            callback(data, size)
-            return 0
-        table = prog.bpf[map_name.encode()]
-        table.open_ring_buffer(_cb)
+        table = prog.map(map_name)
+        try:
+            self._rings.add(table, callback)
+        except BpfObjectError as e:
+            raise LoaderError(str(e)) from None
         if self._epoll is None:
             self._epoll = select.epoll()
             self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._epoll.register(self._stop_fd, select.EPOLLIN)
-        self._epoll.register(table.map_fd, select.EPOLLIN)
+        self._epoll.register(table.fd, select.EPOLLIN)
 
     def interrupt(self) -> None:
         """End a :meth:`wait` now (a stop request: signal handler or another thread)."""
@@ -309,19 +357,13 @@ class Loader:
 
     def consume(self) -> int:
         """Drain every open ring buffer now; the number of records drained (most are
-        written without a wake-up: see :meth:`wait`). libbpf's ``ring_buffer__consume``
-        returns the count (bcc's ``ring_buffer_consume`` drops it), so nothing is
-        counted per record here."""
-        n = 0
-        for prog in self._programs:
-            rb = getattr(prog.bpf, "_ringbuf_manager", None)
-            if rb is not None:
-                n += max(0, self._bcc.lib.bpf_consume_ringbuf(rb))
-        return n
+        written without a wake-up: see :meth:`wait`). One libbpf ``ring_buffer__consume``
+        over all of them, which returns the count, so nothing is counted per record."""
+        return self._rings.consume()
 
     @staticmethod
     def percpu_sum(prog: Program, map_name: str, count: int) -> list[int]:
-        return [sum(row) for row in read_percpu(prog.bpf[map_name.encode()], count)]
+        return [sum(row) for row in read_percpu(prog.map(map_name), count)]
 
     @staticmethod
     def recursion_misses(prog: Program) -> int:
@@ -330,14 +372,10 @@ class Loader:
         program's attached functions, from BPF_OBJ_GET_INFO_BY_FD. 0 where unknown."""
         total = 0
         for _tp, fn in prog.attached:
-            f = prog.bpf.funcs.get(fn.encode())  # bcc keys its loaded functions by bytes
-            if f is not None:
-                total += prog_info_u64(f.fd, PROG_INFO_RECURSION_MISSES)
+            fd = prog.obj.prog_fd(fn)
+            if fd is not None:
+                total += prog_info_u64(fd, PROG_INFO_RECURSION_MISSES)
         return total
-
-    @staticmethod
-    def ksym(prog: Program, addr: int) -> str:
-        return prog.bpf.ksym(addr, show_offset=True).decode(errors="replace")
 
     def detach(self) -> None:
         """Detach every attached tracepoint of every program, all at once.
@@ -347,7 +385,7 @@ class Loader:
         tracepoint goes away): 70-85 ms per tracepoint on this 6.18 guest, serially.
         Part of that wait runs under the kernel's ``event_mutex`` and part outside it,
         so closing them from parallel threads overlaps the latter (measured about 2x;
-        docs/benchmarks.md section 3). bcc's close is a ctypes call (GIL released).
+        docs/benchmarks.md section 3); ``os.close`` releases the GIL.
         The programs, maps and ring buffers stay until :meth:`close`, so records
         written up to the detach can still be drained. Safe to call more than once.
         """
@@ -359,10 +397,7 @@ class Loader:
 
         def one(prog: Program, tp: str) -> None:
             try:
-                if tp.startswith(RAW_PREFIX):
-                    prog.bpf.detach_raw_tracepoint(tp=tp[len(RAW_PREFIX):].encode())
-                else:
-                    prog.bpf.detach_tracepoint(tp=tp.encode())
+                prog.obj.detach(tp)
             except Exception as e:  # keep detaching the rest
                 self._detach_errors.append(f"{tp}: {e}")
 
@@ -374,7 +409,10 @@ class Loader:
 
     def release_compiler_memory(self) -> None:
         """Give the heap that clang/LLVM freed after the compiles back to the kernel
-        (glibc ``malloc_trim(0)``; a no-op elsewhere). Call once every probe is compiled."""
+        (glibc ``malloc_trim(0)``; a no-op elsewhere, and when nothing was compiled).
+        Call once every probe is compiled."""
+        if not self.compiled:
+            return
         try:
             import ctypes
             libc = ctypes.CDLL(None)
@@ -394,10 +432,11 @@ class Loader:
                 os.close(self._stop_fd)
                 self._stop_fd = None
             errors, self._detach_errors = self._detach_errors, []
+            self._rings.close()
             while self._programs:
                 prog = self._programs.pop()
                 try:
-                    prog.bpf.cleanup()
+                    prog.obj.close()
                 except Exception as e:
                     errors.append(f"cleanup {prog.name}: {e}")
             if self._headers is not None:

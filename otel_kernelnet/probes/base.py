@@ -99,9 +99,9 @@ class RingBufferProbe:
             defines = {**defines, "KN_SCOPE_NETNS": 1}
         self.prog = loader.compile(name, source, defines)
         if scope_netns is not None:  # before attaching: no event slips through unscoped
-            table = self.prog.bpf[b"kn_scope"]
+            table = self.prog.map("kn_scope")
             for inode in scope_netns:
-                table[table.Key(inode)] = table.Leaf(1)
+                table.set(inode, 1)
 
         def cb(data: Any, size: int) -> None:
             try:

@@ -440,22 +440,17 @@ class LifecycleFamily(ProbeFamily):
         """Emit every lifecycle of this socket cookie; False (counted) when the list is full."""
         if not self.probe:
             return False
-        table = self.probe.prog.bpf[b"kn_watch"]
         try:
-            table[table.Key(cookie)] = table.Leaf(1)
+            self.probe.prog.map("kn_watch").set(cookie, 1)
             return True
-        except Exception:  # map full: counted, the socket is just not watched
+        except OSError:  # map full: counted, the socket is just not watched
             self.watch_overflow += 1
             return False
 
     def unwatch(self, cookie: int) -> None:
         if not self.probe:
             return
-        table = self.probe.prog.bpf[b"kn_watch"]
-        try:
-            del table[table.Key(cookie)]
-        except KeyError:
-            pass
+        self.probe.prog.map("kn_watch").delete(cookie)
 
     def histograms(self) -> dict[str, list[int]]:
         """Cumulative per-stage counts since start: {stage: [64 log2-ns buckets]}."""

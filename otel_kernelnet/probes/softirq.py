@@ -507,15 +507,15 @@ class SoftirqProbe(RingBufferProbe):
         super().__init__(loader, "softirq", "softirq.bpf.c", plan_.defines, "kn_sirq_events",
                          plan_.attach_points(), decode, on_event, on_error, STATS)
         # which pid is each CPU's ksoftirqd (the kernel threads never change pid)
-        table = self.prog.bpf[b"kn_sirq_ksoftirqd"]
+        table = self.prog.map("kn_sirq_ksoftirqd")
         for cpu, pid in ksoftirqd_pids().items():
             if cpu < plan_.defines["KN_MAX_CPUS"]:
-                table[table.Key(cpu)] = table.Leaf(pid)
+                table.set(cpu, pid)
 
     def read_sums(self) -> list[list[int]]:
         """Raw per-CPU ns sums of kn_sirq_hist_sum, index measure * 2 + vector."""
-        return read_percpu(self.prog.bpf[b"kn_sirq_hist_sum"], 2 * len(VECTORS))
+        return read_percpu(self.prog.map("kn_sirq_hist_sum"), 2 * len(VECTORS))
 
     def read_histograms(self) -> list[list[int]]:
         """Raw per-CPU counts of kn_sirq_hist, one list per index."""
-        return read_percpu(self.prog.bpf[b"kn_sirq_hist"], 2 * len(VECTORS) * SLOTS)
+        return read_percpu(self.prog.map("kn_sirq_hist"), 2 * len(VECTORS) * SLOTS)

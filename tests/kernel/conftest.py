@@ -34,6 +34,20 @@ def _need_root():
         pytest.fail("kernel tests need root (run scripts/test.sh as root); they are never skipped")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _object_cache_as_found():
+    """The collectors of this session use the default BPF object cache (the first one
+    compiles, the others load: the product's own path). A cache directory that did not
+    exist before the session is removed after it, so the machine is left as found."""
+    from otel_kernelnet.bpfobj import DEFAULT_CACHE_DIR
+    top = Path(DEFAULT_CACHE_DIR).parent  # /var/cache/otel-kernelnet
+    existed = top.exists()
+    yield
+    if not existed and top.exists():
+        import shutil
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)
 

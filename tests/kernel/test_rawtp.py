@@ -60,7 +60,7 @@ def _run(veth, classic: bool) -> tuple[list, list, dict[str, str]]:
             for fam in fams:
                 p = fam.plan(c)
                 fam.start(loader, p, c, got[fam.name].append, lambda e: (_ for _ in ()).throw(e))
-            types = {fn: prog_type(fam.probe.prog.bpf.funcs[fn.encode()].fd)
+            types = {fn: prog_type(fam.probe.prog.obj.prog_fd(fn))
                      for fam in fams for _tp, fn in fam.probe.prog.attached}
             veth.a.python(SEND.replace("sys.argv[1]", repr(veth.addr_b)).replace("int(sys.argv[2])", "3"))
             deadline = time.monotonic() + 10

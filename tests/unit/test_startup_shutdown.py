@@ -19,8 +19,8 @@ from otel_kernelnet.spans import KernelSpan
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeBPF:
-    """What Loader.detach/close use of a bcc BPF object; ``gate`` runs inside each detach."""
+class FakeObject:
+    """What Loader.detach/close use of a BpfObject; ``gate`` runs inside each detach."""
 
     def __init__(self, gate=None, fail: set[str] = frozenset()):
         self.gate = gate
@@ -28,16 +28,14 @@ class FakeBPF:
         self.detached: list[str] = []
         self.cleaned = False
 
-    def detach_tracepoint(self, tp: bytes) -> None:
-        assert isinstance(tp, bytes), "bcc wants bytes (str costs a DeprecationWarning per call)"
-        tp = tp.decode()
+    def detach(self, tp: str) -> None:
         if self.gate is not None:
             self.gate()
         if tp in self.fail:
             raise Exception("kernel said no")
         self.detached.append(tp)
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
         self.cleaned = True
 
 
@@ -51,9 +49,9 @@ def test_detach_closes_all_tracepoints_at_once():
     # every detach waits at a barrier for all the others: a serial detach breaks it
     tps = [f"cat:tp{i}" for i in range(6)]
     barrier = threading.Barrier(len(tps), timeout=10)
-    a, b = FakeBPF(gate=barrier.wait), FakeBPF(gate=barrier.wait)
-    loader = loader_with(Program("a", a, [(tp, "fn") for tp in tps[:4]]),
-                         Program("b", b, [(tp, "fn") for tp in tps[4:]]))
+    a, b = FakeObject(gate=barrier.wait), FakeObject(gate=barrier.wait)
+    loader = loader_with(Program("a", a, attached=[(tp, "fn") for tp in tps[:4]]),
+                         Program("b", b, attached=[(tp, "fn") for tp in tps[4:]]))
     loader.detach()
     assert sorted(a.detached + b.detached) == tps
     assert not barrier.broken
@@ -62,8 +60,8 @@ def test_detach_closes_all_tracepoints_at_once():
 
 
 def test_detach_keeps_programs_until_close_and_close_reports_failures():
-    bpf = FakeBPF(fail={"cat:bad"})
-    prog = Program("p", bpf, [("cat:good", "f1"), ("cat:bad", "f2")])
+    bpf = FakeObject(fail={"cat:bad"})
+    prog = Program("p", bpf, attached=[("cat:good", "f1"), ("cat:bad", "f2")])
     loader = loader_with(prog)
     loader.detach()
     assert bpf.detached == ["cat:good"]
@@ -218,27 +216,40 @@ def test_run_does_not_import_the_lab_or_the_analysis_package():
 
 
 class PipeRing:
-    """A ring buffer table stand-in: its ``map_fd`` is a pipe's read end, readable once
+    """A ring buffer map stand-in: its ``fd`` is a pipe's read end, readable once
     something is written to the write end (as a ring buffer's fd after a wake-up)."""
 
     def __init__(self):
         import os
-        self.map_fd, self.w = os.pipe()
-        self.cb = None
-
-    def open_ring_buffer(self, cb):
-        self.cb = cb
+        self.fd, self.w = os.pipe()
+        self.name = "kn_events"
 
 
-class PipeBPF:
+class PipeObject:
     def __init__(self, ring: PipeRing):
         self.ring = ring
 
-    def __getitem__(self, name: bytes) -> PipeRing:
-        assert name == b"kn_events"  # bcc gets bytes
+    def __getitem__(self, name: str) -> PipeRing:
+        assert name == "kn_events"
         return self.ring
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
+        pass
+
+
+class FakeRings:
+    """Stands in for bpfobj.RingBuffers (libbpf's ring_buffer wants a real map)."""
+
+    def __init__(self):
+        self.added: list = []
+
+    def add(self, table, cb) -> None:
+        self.added.append((table.name, cb))
+
+    def consume(self) -> int:
+        return 0
+
+    def close(self) -> None:
         pass
 
 
@@ -247,14 +258,16 @@ def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
     import time
     ring = PipeRing()
     loader = Loader()
-    prog = Program("fam", PipeBPF(ring))
+    loader._rings = FakeRings()
+    prog = Program("fam", PipeObject(ring))
     assert loader.wait(0.01) is None  # no ring buffer open: nothing to block on
     loader.open_ring_buffer(prog, "kn_events", lambda data, size: None)
+    assert [name for name, _cb in loader._rings.added] == ["kn_events"]
     t0 = time.monotonic()
     assert loader.wait(0.05) is False and time.monotonic() - t0 >= 0.04  # timed out
     os.write(ring.w, b"x")  # the BPF side's wake-up
     assert loader.wait(5) is True
-    os.read(ring.map_fd, 1)
+    os.read(ring.fd, 1)
     threading.Timer(0.05, loader.interrupt).start()  # a stop request from elsewhere
     t0 = time.monotonic()
     assert loader.wait(5) is True and time.monotonic() - t0 < 2
@@ -263,4 +276,4 @@ def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
     assert loader.wait(0.01) is None
     loader.interrupt()  # after close: a no-op
     os.close(ring.w)
-    os.close(ring.map_fd)
+    os.close(ring.fd)
