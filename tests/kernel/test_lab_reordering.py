@@ -52,7 +52,7 @@ def test_loss_is_diagnosed_as_loss_retransmit(tmp_path):
     kind, cause = top_cause(out)
     assert kind == "loss_retransmit"
     ev = cause["evidence"]
-    assert ev["timeout"] + ev["fast"] > 0
+    assert ev["timeout"] + ev["fast"] + ev["loss_probe"] > 0  # RTO, SACK hole or tail loss probe (TLP)
     assert ev["reorder_ratio"] < 0.5                        # nothing shows the originals arrived
     assert ev["dsack_recv"] == 0
     rows = _rows(text)
