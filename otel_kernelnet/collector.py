@@ -388,7 +388,8 @@ class Collector:
                 self.probes.append(fam)
             phases["compile+attach"] = time.monotonic()
             self.say(f"probes attached in {time.monotonic() - t0:.2f}s "
-                     f"({'; '.join(f.summary for f in self.probes)}); {loader.objects_summary()}")
+                     f"({'; '.join(f.summary for f in self.probes)})")
+            self.say(f"bpf objects: {loader.objects_summary()}")
             for note in loader.cache.notes:
                 self.say(f"warning: {note}")
             self._start_receiver(sink, target)
