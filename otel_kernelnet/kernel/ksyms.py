@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-__all__ = ["KernelSymbols", "KsymsError", "KallsymsRestrictedError"]
+__all__ = ["KernelSymbols", "KsymsError", "KallsymsRestrictedError", "text_address"]
 
 _TEXT_TYPES = frozenset("tTwW")
 # Preference when several symbols share an address (lower wins).
@@ -126,3 +126,33 @@ class KernelSymbols:
     def __repr__(self) -> str:
         state = "restricted (all addresses 0)" if self.restricted else f"{len(self)} text symbols"
         return f"<KernelSymbols {self.source}: {state}>"
+
+
+def text_address(name: str, path: str = "/proc/kallsyms") -> int | None:
+    """The address of one core-kernel text symbol, without parsing the whole file
+    (a byte search: ~50 ms here against ~250 ms for :meth:`KernelSymbols.load`, which a
+    probe plan needing one address would otherwise spend at start-up). None when absent
+    or not text; :class:`KallsymsRestrictedError` when addresses are hidden (0)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise KsymsError(f"cannot read {path}: {e}") from e
+    needle = b" " + name.encode() + b"\n"
+    start = 0
+    while True:
+        i = data.find(needle, start)
+        if i < 0:
+            return None
+        start = i + 1
+        line = data[data.rfind(b"\n", 0, i) + 1:i].split()  # [address, type]
+        if len(line) != 2 or line[1].decode(errors="replace") not in _TEXT_TYPES:
+            continue
+        try:
+            addr = int(line[0], 16)
+        except ValueError:
+            continue
+        if addr == 0:
+            raise KallsymsRestrictedError(f"{path}: symbol addresses are 0 - reading kernel addresses "
+                                          f"needs root (CAP_SYSLOG) and kernel.kptr_restrict < 2")
+        return addr

@@ -420,9 +420,9 @@ class SoftirqFamily(ProbeFamily):
         self.node_metrics = True  # False in a sidecar: the DaemonSet exports the node's histograms
 
     def plan(self, ctx: KernelContext) -> Plan:
-        from ..kernel.ksyms import KernelSymbols, KsymsError
+        from ..kernel.ksyms import KsymsError, text_address
         try:
-            rps = KernelSymbols.load(require_addresses=True).address_of(RPS_FUNC)
+            rps = text_address(RPS_FUNC)
         except (OSError, KsymsError):
             rps = None
         c = ctx.cfg

@@ -106,3 +106,20 @@ def test_empty_text():
     ks = KernelSymbols.from_text("")
     assert not ks.restricted
     assert ks.resolve(0x1234) == "0x1234"
+
+
+def test_text_address_finds_one_core_text_symbol_without_parsing_everything(tmp_path):
+    from otel_kernelnet.kernel.ksyms import KallsymsRestrictedError, text_address
+    f = tmp_path / "kallsyms"
+    f.write_text("ffffffff81000000 T _stext\n"
+                 "ffffffff81e60af0 d rps_trigger_softirq_data\n"
+                 "ffffffff81e60b00 D rps_trigger_softirq\n"      # data of the same name: not text
+                 "ffffffff81e60c00 t rps_trigger_softirq\n"
+                 "ffffffffc0a01000 t nft_do_chain\t[nf_tables]\n")
+    assert text_address("rps_trigger_softirq", str(f)) == 0xFFFFFFFF81E60C00
+    assert text_address("_stext", str(f)) == 0xFFFFFFFF81000000
+    assert text_address("nft_do_chain", str(f)) is None  # a module's symbol: not core kernel text
+    assert text_address("rps_trigger", str(f)) is None  # no prefix matches
+    f.write_text("0000000000000000 T _stext\n0000000000000000 t rps_trigger_softirq\n")
+    with pytest.raises(KallsymsRestrictedError):
+        text_address("rps_trigger_softirq", str(f))
