@@ -237,6 +237,71 @@ def compile_image(bcc: Any, text: bytes, cflags: list[str]) -> Image:
         bpf.cleanup()
 
 
+# --- the compiler process ------------------------------------------------------------
+class CompileWorker:
+    """bcc in a child process (``python -m otel_kernelnet.bpfobj``): clang and LLVM never
+    enter the collector (~90 MB of their text and heap would stay in its RSS after the
+    compiles; a crash in them ends the child, not the collector). One JSON line per
+    request (``{"text", "cflags"}``) and per answer (``{"image"}`` or ``{"error"}``); the
+    compiler's own messages go to the collector's stderr. It lives until :meth:`close`
+    (the collector closes it once every family is attached)."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.bpfobj"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True, close_fds=True)
+
+    def compile(self, text: str, cflags: list[str]) -> Image:
+        try:
+            self.proc.stdin.write(json.dumps({"text": text, "cflags": cflags}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            rc = self.proc.wait()
+            raise BpfObjectError(f"the compiler process ended (exit status {rc}; its messages are above)")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise BpfObjectError(answer["error"])
+        return Image.from_json(answer["image"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+
+def _worker_main() -> int:
+    """The child of :class:`CompileWorker`: import bcc once, compile until stdin ends."""
+    from .loader import import_bcc
+    try:
+        bcc = import_bcc()
+    except Exception as e:  # answer every request with the reason
+        bcc, failure = None, str(e)
+    out = sys.stdout
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            if bcc is None:
+                raise BpfObjectError(failure)
+            answer = {"image": compile_image(bcc, req["text"].encode(), req["cflags"]).to_json()}
+        except Exception as e:  # bcc raises a bare Exception; clang printed the details on stderr
+            answer = {"error": f"{e}"}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+    return 0
+
+
 # --- the cache -----------------------------------------------------------------------
 def compiler_identity() -> str:
     """What identifies the compiler: bcc's version file (read without importing bcc)."""
@@ -583,3 +648,7 @@ class RingBuffers:
             library().bpf_free_ringbuf(self._mgr)
             self._mgr = None
         self._callbacks.clear()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

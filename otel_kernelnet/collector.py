@@ -393,7 +393,7 @@ class Collector:
             for note in loader.cache.notes:
                 self.say(f"warning: {note}")
             self._start_receiver(sink, target)
-            loader.release_compiler_memory()  # after a compile, the heap clang/LLVM freed: ~40 MB of RSS
+            loader.stop_compiler()  # the child process bcc compiled in, if the cache missed
             phases["receiver"] = time.monotonic()
             self.say("start-up: " + self.start_breakdown())
             if self.ready_file:

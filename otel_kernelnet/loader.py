@@ -1,9 +1,10 @@
 """The loader: the one module that imports bcc.
 
 It finds a kernel header tree bcc can compile against, compiles a probe's C with its
-``-D`` settings (or takes the same object from the object cache, bpfobj.py: then no
-compiler, header tree or bcc import is needed), attaches tracepoints, drains BPF ring
-buffers and detaches on every exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
+``-D`` settings in a child process (bpfobj.CompileWorker: clang and LLVM never enter
+the collector) or takes the same object from the object cache (bpfobj.py: then no
+compiler or header tree is needed), loads and attaches it through ``libbcc_bpf``,
+drains BPF ring buffers and detaches on every exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
 normal exit so the ``finally`` runs). If the process dies hard, the kernel detaches
 the programs anyway when their file descriptors close.
 
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .bpfobj import (DEFAULT_CACHE_DIR, BpfMap, BpfObject, BpfObjectError, ObjectCache, RingBuffers,
-                     cache_key, compile_image)
+from .bpfobj import (DEFAULT_CACHE_DIR, BpfMap, BpfObject, BpfObjectError, CompileWorker, ObjectCache,
+                     RingBuffers, cache_key)
 from .kernel import tracefs
 
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -212,13 +213,15 @@ class Loader:
         self._epoll: select.epoll | None = None  # the open ring buffers' map fds
         self._stop_fd: int | None = None  # an eventfd in the epoll: interrupt()
         self._rings = RingBuffers()
-        self._bcc = None
+        self._bcc = None  # bcc in this process: only _prepare() imports it
+        self._worker: CompileWorker | None = None  # bcc in a child process: every compile
         self._headers: HeaderTree | None = None
         self._programs: list[Program] = []
         self._debug = debug_print_source
         self._detach_errors: list[str] = []
         self.cache = ObjectCache(cache_dir)
-        self.compile_seconds = 0.0  # in the compiler (cache misses only)
+        self.compiles = 0  # objects compiled (cache misses, or the cache off)
+        self.compile_seconds = 0.0  # waiting for the compiler
         self.load_seconds = 0.0  # maps created (and, for a hit, the cache file read)
 
     def __enter__(self) -> "Loader":
@@ -227,14 +230,28 @@ class Loader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _prepare(self) -> None:
-        if self._bcc is not None:
+    def _find_headers(self) -> None:
+        if self._headers is not None:
             return
         self._headers = find_headers()
         if self._headers is None:
             raise LoaderError(f"no kernel header tree found for bcc: {HEADERS_FIX}")
         os.environ["BCC_KERNEL_SOURCE"] = self._headers.path
+
+    def _prepare(self) -> None:
+        """bcc in this process (benchmarks and tests that use bcc directly; the loader
+        itself compiles in a child process: :class:`bpfobj.CompileWorker`)."""
+        if self._bcc is not None:
+            return
+        self._find_headers()
         self._bcc = import_bcc()
+
+    def _compiler(self) -> CompileWorker:
+        if self._worker is None or self._worker.proc.poll() is not None:
+            self._find_headers()
+            tracefs.ensure_tracefs()  # as import_bcc does, before the child imports bcc
+            self._worker = CompileWorker(env=dict(os.environ))
+        return self._worker
 
     @property
     def headers(self) -> HeaderTree | None:
@@ -242,8 +259,8 @@ class Loader:
 
     @property
     def compiled(self) -> bool:
-        """Whether the compiler ran in this process (a cache miss)."""
-        return self._bcc is not None
+        """Whether anything was compiled (a cache miss, or the cache off)."""
+        return self.compiles > 0
 
     def objects_summary(self) -> str:
         """One phrase for the start-up line: where the objects came from."""
@@ -281,14 +298,12 @@ class Loader:
         image = self.cache.load(key)
         cached = image is not None
         if image is None:
-            self._prepare()
             try:
-                image = compile_image(self._bcc, src.encode(), cflags)  # bcc wants bytes
-            except BpfObjectError as e:
-                raise LoaderError(f"compiling {source_file}: {e}") from None
-            except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
+                image = self._compiler().compile(src, cflags)
+            except (BpfObjectError, OSError) as e:  # the compiler's own output is on stderr
                 raise LoaderError(f"compiling {source_file} failed: {e}") from None
             self.compile_seconds += time.monotonic() - t0
+            self.compiles += 1
             self.cache.store(key, image)
         t1 = time.monotonic()
         try:
@@ -407,18 +422,12 @@ class Loader:
         for t in threads:
             t.join()  # no timeout: returning before the kernel detached would break the promise
 
-    def release_compiler_memory(self) -> None:
-        """Give the heap that clang/LLVM freed after the compiles back to the kernel
-        (glibc ``malloc_trim(0)``; a no-op elsewhere, and when nothing was compiled).
-        Call once every probe is compiled."""
-        if not self.compiled:
-            return
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None)
-            libc.malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    def stop_compiler(self) -> None:
+        """End the compiler process (call once every probe is compiled; a later compile
+        starts a new one). Its header tree stays until :meth:`close`."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def close(self) -> None:
         """Detach (if not yet) and free everything; safe to call more than once."""
@@ -432,6 +441,7 @@ class Loader:
                 os.close(self._stop_fd)
                 self._stop_fd = None
             errors, self._detach_errors = self._detach_errors, []
+            self.stop_compiler()
             self._rings.close()
             while self._programs:
                 prog = self._programs.pop()

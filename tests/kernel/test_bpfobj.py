@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,7 @@ def test_programs_from_images_are_the_programs_bcc_loads(tmp_path):
         for fam in fams:
             fam.start(loader, fam.plan(c), c, lambda span: None, lambda e: None)
         assert loader.compiled and loader.cache.stored == len(fams)
+        loader._prepare()  # bcc in this process too, for the reference loads
         bcc = loader._bcc
         compared = 0
         for prog, (source_file, defines) in zip(loader._programs, loader.asked):
@@ -131,3 +133,21 @@ def test_an_image_the_kernel_refuses_is_removed_from_the_cache(tmp_path):
 def test_the_cache_default_is_under_var_cache():
     assert str(Loader().cache.directory) == "/var/cache/otel-kernelnet/bpf"
     assert ObjectCache(None).directory is None and ObjectCache("").directory is None
+
+
+def test_a_compile_error_is_a_clear_error_and_the_compiler_process_ends(tmp_path):
+    (tmp_path / "broken.bpf.c").write_text("int kn_broken(void *ctx) { return undefined_name; }\n")
+    loader = Loader(cache_dir=tmp_path / "cache")
+    try:
+        with pytest.raises(LoaderError, match="compiling broken.bpf.c failed: .*Failed to compile BPF module"):
+            loader.compile("broken", "broken.bpf.c", {}, directory=tmp_path)
+        worker = loader._worker.proc
+        assert worker.poll() is None  # serves the next compile
+        prog = loader.compile("witness", "witness.bpf.c", {"OFF_SKB_DEV": 16, "OFF_DEV_ND_NET": 8,
+                                                             "OFF_NET_INUM": 8, "NETNS": 1},
+                              directory=Path(__file__).parent)
+        assert loader.compiles == 1 and not prog.cached and "hits" in prog.obj.maps
+    finally:
+        loader.close()
+    assert worker.poll() is not None  # no compiler process left behind
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the good one was stored
