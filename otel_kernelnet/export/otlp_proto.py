@@ -127,6 +127,7 @@ class Encoder:
         self._cache_max = cache_max
         self._bools: dict[tuple[str, bool], bytes] = {}  # only bools: (k, True) == (k, 1)
         self._names: dict[str, bytes] = {}
+        self._events: dict[tuple[str, tuple], bytes] = {}  # (name, attribute items) -> fields 2 and 3
         self._status: dict[tuple[int, str], bytes] = {}
         self.cache_clears = 0
 
@@ -171,10 +172,22 @@ class Encoder:
                 parts.append(b)
             else:
                 parts.append(_ld(b"\x4a", key_value(k, v)))
+        events = self._events
         for e in s.events:
-            body = b"\x09" + _FIXED64.pack(e.time_ns & _U64) + _ld(b"\x12", e.name.encode())
-            if e.attributes:
-                body += attributes(b"\x1a", e.attributes)
+            # an event's name and attributes repeat (a CPU number, a device, a reason): cached
+            # for str and int values only (a bool would meet its int in the key, True == 1,
+            # and 1.0 == 1: only such events are looked up, and stored)
+            items = tuple(e.attributes.items())
+            if all(v.__class__ is str or v.__class__ is int for _k, v in items):
+                rest = events.get((e.name, items))
+                if rest is None:
+                    if len(events) >= self._cache_max:
+                        events.clear()
+                        self.cache_clears += 1
+                    rest = events[(e.name, items)] = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
+            else:
+                rest = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
+            body = b"\x09" + _FIXED64.pack(e.time_ns & _U64) + rest
             parts.append(_ld(b"\x5a", body))
         for link in s.links:
             body = b"\x0a\x10" + link.trace_id + b"\x12\x08" + link.span_id

@@ -22,6 +22,7 @@ from bisect import bisect_right
 __all__ = ["KernelSymbols", "KsymsError", "KallsymsRestrictedError", "text_address"]
 
 _TEXT_TYPES = frozenset("tTwW")
+RESOLVED_MAX = 4096  # addresses remembered by KernelSymbols.resolve
 # Preference when several symbols share an address (lower wins).
 _RANK = {"T": 0, "t": 1, "W": 2, "w": 3}
 
@@ -41,6 +42,7 @@ class KernelSymbols:
         self._names = names        # display name, or None for a non-text boundary
         self.restricted = restricted
         self.source = source
+        self._resolved: dict[int, str] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -105,7 +107,16 @@ class KernelSymbols:
         return sum(1 for n in self._names if n is not None)
 
     def resolve(self, addr: int) -> str:
-        """``name+0xoff`` (``name+0xoff [mod]`` for modules); unknown -> ``0x...``."""
+        """``name+0xoff`` (``name+0xoff [mod]`` for modules); unknown -> ``0x...``.
+        Remembered per address (a drop's location repeats: one per drop span)."""
+        text = self._resolved.get(addr)
+        if text is None:
+            if len(self._resolved) >= RESOLVED_MAX:
+                self._resolved.clear()
+            text = self._resolved[addr] = self._resolve(addr)
+        return text
+
+    def _resolve(self, addr: int) -> str:
         i = bisect_right(self._addrs, addr) - 1
         if i < 0:
             return hex(addr)

@@ -57,7 +57,9 @@ def spans(big: bool = False) -> list[KernelSpan]:
     # same keys as `full` with values of another type that compare equal: the caches must not mix them
     mixed = KernelSpan("kernel.skb.drop", b"\x33" * 16, b"\x44" * 8, T0, T0,
                        {"kernelnet.skb.has_socket": 1, "kernelnet.skb.len": False, "whole.float": 2,
-                        "kernelnet.socket.cookie": 4099.0})
+                        "kernelnet.socket.cookie": 4099.0},
+                       events=[SpanEvent(T0 + 4, "arrival", {"cpu": True}), SpanEvent(T0 + 5, "arrival", {"cpu": 1.0}),
+                               SpanEvent(T0 + 6, "arrival", {"cpu": 1})])
     return [full, plain, ok, mixed]
 
 
@@ -110,14 +112,17 @@ def test_decoded_field_by_field():
     assert [kv.value.WhichOneof("value") for kv in got] == ["int_value", "bool_value", "int_value", "double_value"]
     assert mixed["attributes"] == {"kernelnet.skb.has_socket": 1, "kernelnet.skb.len": False, "whole.float": 2,
                                    "kernelnet.socket.cookie": 4099.0}
+    ev = req.resource_spans[0].scope_spans[0].spans[3].events
+    assert [e.attributes[0].value.WhichOneof("value") for e in ev] == ["bool_value", "double_value", "int_value"]
 
 
 def test_empty_batch_and_bounded_cache():
     assert otlp_proto.encode_request([], RESOURCE, *SCOPE) == b""
     enc = otlp_proto.Encoder(RESOURCE, *SCOPE, cache_max=8)
-    batch = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "s": str(i)}) for i in range(1, 50)]
+    batch = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "s": str(i)},
+                        events=[SpanEvent(i, "e", {"i": i})]) for i in range(1, 50)]
     assert enc.encode(batch) == sdk_bytes(batch)
-    assert enc.cache_clears > 0 and len(enc._cache) <= 8
+    assert enc.cache_clears > 0 and len(enc._cache) <= 8 and len(enc._events) <= 8
 
 
 def test_varints_and_partial_success_reply():
