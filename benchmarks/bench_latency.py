@@ -69,6 +69,10 @@ class Receiver:
         rx = self
 
         class Handler(BaseHTTPRequestHandler):
+            # keep-alive, as a real OTLP receiver (every reply has a Content-Length); with
+            # the default HTTP/1.0 the collector reconnected for every request
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802
                 arrival = time.time_ns()
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
