@@ -4,9 +4,10 @@ Lifecycle: resolve where spans go, read what the probes need from the running ke
 (tracefs format files, BTF), compile and attach, start the receiver, write the ready
 file (the "start-up:" line says where the time went), then drain the ring buffers
 whenever the BPF side wakes the loop (at most every ``ringbuf.poll_interval_ms`` per
-CPU while records come; a record waits about that long at most) or, when quiet,
-``ringbuf.max_wait_ms`` passes, until ``--duration`` passes or SIGINT/SIGTERM arrives
-(a signal ends the sleep at once); kallsyms is parsed after the start. On every exit
+CPU while records come; a record waits about that long at most) or, when quiet, the
+next housekeeping task is due (the zone sample, the join, the status line: once a second
+idle), until ``--duration`` passes or SIGINT/SIGTERM arrives (a signal ends the sleep
+at once); kallsyms is parsed after the start. On every exit
 path the tracepoints are detached (all at once), the ring buffers drained a last
 time, the probes freed and the export queue flushed; the final summary says what was
 seen, exported and lost.
@@ -29,6 +30,13 @@ from .config import Config
 from .export.sinks import ExportPipeline, JsonLinesSink, OtlpSink, resolve_otlp
 from .kernel import tracefs
 from .spans import KernelSpan, RandomIds
+
+
+# Families whose poll() samples on a period of their own, and the key of that period: the
+# loop runs a housekeeping round at least that often (else every ringbuf.max_wait_ms).
+POLL_PERIOD_KEYS = {"reclaim": "probes.reclaim.zoneinfo_interval_ms"}
+JOIN_TICK_S = 0.25  # the join's housekeeping period while it has work (Collector._join_hot)
+COALESCE_S = 0.05  # a status line due this close before a housekeeping round waits for it
 
 
 class StartError(Exception):
@@ -160,6 +168,7 @@ class Collector:
 
     pods: Any = None  # k8s.PodResolver in daemonset mode
     _interrupt: Callable[[], None] = staticmethod(lambda: None)  # the loader's, once it exists
+    _monotonic: Callable[[], float] = staticmethod(time.monotonic)  # the loop's clock (tests: a fake one)
 
     def _emit(self, span: KernelSpan) -> None:
         self.counters.events += 1
@@ -198,7 +207,7 @@ class Collector:
                              index_max=self.cfg["join.app_index_spans"], slack_ns=self.cfg["join.slack_us"] * 1000,
                              on_watch=lambda c: self._watch(c, True), on_unwatch=lambda c: self._watch(c, False))
         ingest = Ingest(self.cfg["receiver.max_request_mb"] << 20, forward=self.forwarder.submit,
-                        add_app_spans=self.join.add_app_spans if self.join is not None else None)
+                        add_app_spans=self._add_app_spans if self.join is not None else None)
         self.receiver = OtlpReceiver(ingest, self.cfg["receiver.grpc_endpoint"], self.cfg["receiver.http_endpoint"])
         for problem in self.receiver.start():
             self.say(f"warning: {problem}")
@@ -458,34 +467,62 @@ class Collector:
         # drains every ring buffer. After a wake-up or a drain that found records it
         # drains once more a poll interval later (the records written without a wake-up
         # since: a CPU that woke us wakes us again only a poll interval later), so every
-        # record waits about one poll interval at most; after a quiet drain it sleeps up
-        # to ringbuf.max_wait_ms (housekeeping: join, samplers, status). Idle, that is a
-        # few wake-ups a second. (Before: a fixed 20 ms poll, 2.1% of a core idle; a
-        # back-off without kernel wake-ups lost records: docs/benchmarks.md section 3.)
+        # record waits about one poll interval at most. After a quiet drain it sleeps
+        # until the next housekeeping task is due (docs/benchmarks.md section 3):
+        # - the families' poll(): the reclaim family's /proc/zoneinfo sample every
+        #   probes.reclaim.zoneinfo_interval_ms (POLL_PERIOD_KEYS), else every
+        #   ringbuf.max_wait_ms; the netns-counter worker wakes the loop itself when it
+        #   has queued spans;
+        # - the join (expiry, watch-list changes) every JOIN_TICK_S while an application
+        #   sends keyed spans or kernel spans wait in its buffer; the receiver wakes the
+        #   loop when the first app spans arrive;
+        # - the status line (on a housekeeping round when one is due within
+        #   COALESCE_S after it), the --duration deadline; a signal ends the sleep at once.
+        # Idle with the defaults that is one wake-up a second. (Before: a fixed 20 ms
+        # poll, 2.1% of a core; then a fixed 250 ms housekeeping sleep, 4 wake-ups/s;
+        # a back-off without kernel wake-ups lost records.)
+        mono = self._monotonic
         poll = self.cfg["ringbuf.poll_interval_ms"] / 1000
-        sleep = self.cfg["ringbuf.max_wait_ms"] / 1000
+        period = min([self.cfg["ringbuf.max_wait_ms"] / 1000]
+                     + [self.cfg[POLL_PERIOD_KEYS[f.name]] / 1000 for f in self.probes if f.name in POLL_PERIOD_KEYS])
         every = self.cfg["status.interval_s"]
         tty = hasattr(self.out, "isatty") and self.out.isatty()
-        start = last = time.monotonic()
+        start = last = mono()
         last_events = 0
         deadline = start + self.duration if self.duration else None
+        next_poll = start + period  # the families' next poll() (after the start's first samples)
         wait = getattr(loader, "wait", None)
         busy = True
         while not self.stop_event.is_set():
-            nap = poll if busy else sleep
-            timeout = nap if deadline is None else max(0.0, min(nap, deadline - time.monotonic()))
+            now = mono()
+            if busy:
+                wake_at = now + poll
+            else:
+                wake_at = next_poll
+                if self._join_hot():
+                    wake_at = min(wake_at, now + JOIN_TICK_S)
+                if every and last + every < wake_at - COALESCE_S:
+                    wake_at = last + every
+            if deadline is not None:
+                wake_at = min(wake_at, deadline)
+            timeout = max(0.0, wake_at - now)
             woke = wait(timeout) if wait is not None else None
             if woke is None:  # nothing to block on (no ring buffer open)
                 self.stop_event.wait(timeout)
             found = loader.consume()
             busy = bool(woke) or bool(found)
+            due = mono() >= next_poll
             for fam in self.probes:
                 fam.poll()
+            if due:
+                # after the polls: a sampler that samples on its own period (>= ours) is
+                # due again by then
+                next_poll = mono() + period
             self.clock.maybe_recalibrate()
             if self.join is not None:
                 self.join.tick()
-            now = time.monotonic()
-            if every and now - last >= every:
+            now = mono()
+            if every and now - last >= every - COALESCE_S:
                 rate = (self.counters.events - last_events) / (now - last)
                 line = self.status_line(rate)
                 if tty:
@@ -497,6 +534,21 @@ class Collector:
                 break
         if tty and every:
             print(file=self.out)
+
+    def _join_hot(self) -> bool:
+        """The join has work on a short period: an application sent keyed spans within
+        ``join.app_ttl_ms`` (watch-list changes, expiries) or kernel spans wait for theirs."""
+        j = self.join
+        return j is not None and bool(j.pending or j.active)
+
+    def _add_app_spans(self, spans) -> None:
+        """The receiver's hand-off to the join: the first app spans (the join was idle, the
+        loop may be in a long sleep) wake the loop, so that their cookies are watched and
+        the join ticks on its short period from now on."""
+        hot = self._join_hot()
+        self.join.add_app_spans(spans)
+        if not hot:
+            self._interrupt()
 
     def _install_signals(self):
         if threading.current_thread() is not threading.main_thread():

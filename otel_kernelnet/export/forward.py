@@ -217,7 +217,7 @@ class Forwarder:
         while True:
             with self._cv:
                 while not self._q and not self._stop.is_set():
-                    self._cv.wait(0.5)
+                    self._cv.wait()  # submit() and close() notify (close after setting _stop)
                 if not self._q:
                     return
                 req, n = self._q[0]

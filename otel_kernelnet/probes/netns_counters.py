@@ -8,10 +8,11 @@ See docs/probes/netns_counters.md.
 Threads. ``start()`` discovers the namespaces and takes the first sample (the
 baseline) synchronously, so everything after the collector's ready file counts; then a
 daemon worker thread rescans every ``rescan_s`` and samples every ``interval_ms``.
-The worker only queues spans; ``poll()`` (the collector loop, every ~20 ms) drains the
-queue and emits, so ``emit`` is only ever called from the collector's thread and
-``poll()`` never touches /proc. ``close()`` stops the worker (one last sample so the
-tail is not lost), joins it with a timeout and emits what is left.
+The worker only queues spans and then wakes the collector loop (``loader.interrupt``);
+``poll()`` (the collector loop) drains the queue and emits, so ``emit`` is only ever
+called from the collector's thread and ``poll()`` never touches /proc. ``close()`` stops
+the worker (one last sample so the tail is not lost), joins it with a timeout and emits
+what is left.
 
 Namespaces. Every distinct inode among ``/proc/[pid]/ns/net`` (one live pid kept per
 namespace) and the bind mounts ``/run/netns/*``. A namespace with a pid is read
@@ -281,6 +282,7 @@ class NetnsCountersFamily(ProbeFamily):
         self._lock = threading.Lock()  # sample()/rescan() vs. close()'s last sample
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake: Callable[[], None] | None = None
         self._emit: Emit | None = None
         self._on_error: OnError | None = None
         self.namespaces: dict[int, Namespace] = {}
@@ -310,6 +312,9 @@ class NetnsCountersFamily(ProbeFamily):
         self.ids = ctx.ids
         self.scope = ctx.scope_netns  # None: every namespace
         self._emit, self._on_error = emit, on_error
+        # ends the collector loop's sleep when spans were queued (it may sleep up to
+        # ringbuf.max_wait_ms when idle); None without a loader (tests)
+        self._wake = getattr(loader, "interrupt", None)
         self.deltas = netstat.CounterDeltas(plan_.counters)
         self.rescan()
         self.sample()  # the baseline, before the collector says it is ready
@@ -366,6 +371,8 @@ class NetnsCountersFamily(ProbeFamily):
             self._stats["read_errors"] += 1
             if self._on_error:
                 self._on_error(e)
+        if self._wake is not None and not self.spans.empty():
+            self._wake()  # emitted by poll() now, not at the loop's next housekeeping round
 
     def rescan(self) -> None:
         assert self.plan_ is not None

@@ -282,6 +282,35 @@ def test_family_samples_jumps_and_overflows(tmp_path):
     assert (st["counter_spans"], st["overflow_spans"], st["overflow_unattributed"], st["namespaces"]) == (4, 1, 0, 2)
 
 
+class WakingLoader:
+    """The loader's interrupt(): ends the collector loop's sleep."""
+
+    def __init__(self):
+        self.wakes = 0
+
+    def interrupt(self) -> None:
+        self.wakes += 1
+
+
+def test_the_worker_wakes_the_collector_loop_only_when_it_queued_spans(tmp_path):
+    # the loop sleeps up to ringbuf.max_wait_ms (1 s) when idle: queued spans end that sleep
+    fam, fp, ctx, _calls = make_family(tmp_path, listeners=([], None))
+    fp.net(fp.proc / "100", 111)
+    loader = WakingLoader()
+    out: list[KernelSpan] = []
+    fam.start(loader, fam.plan(ctx), ctx, out.append, lambda e: None)
+    try:
+        fam._step()  # nothing rose: no span, no wake-up
+        assert loader.wakes == 0
+        fp.counters(fp.proc / "100", rs=4)
+        fam._step()
+        assert loader.wakes == 1 and out == []  # queued; the loop's poll() emits
+        fam.poll()
+        assert [s.attributes["kernelnet.counter.delta"] for s in out] == [4]
+    finally:
+        fam.close()
+
+
 def test_family_counts_unattributed_overflows_and_unreadable_namespaces(tmp_path):
     fam, fp, ctx, _calls = make_family(tmp_path, listeners=([], None))
     fp.net(fp.proc / "100", 111)

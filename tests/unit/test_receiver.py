@@ -258,3 +258,35 @@ def test_fuzzed_bodies_get_only_clean_answers(rx, body, ctype, gz):
                               **({"Content-Encoding": "gzip"} if gz else {}))
     assert status in (200, 400, 415)
     assert rx.post(span_request().SerializeToString())[0] == 200
+
+
+def _task_switches(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/status") as f:
+        return sum(int(ln.split()[1]) for ln in f if "ctxt_switches" in ln)
+
+
+def test_idle_receivers_sleep_without_polling_and_stop_at_once():
+    # no timer wake-ups while idle (before: socketserver's and grpc's 200 ms polls, 5 a
+    # second each); stop() still ends both at once
+    import threading
+    import time
+    h = Harness()
+    try:
+        assert h.post(span_request().SerializeToString())[0] == 200  # both serve
+        assert h.grpc_export(span_request().SerializeToString()) is not None
+        time.sleep(0.3)
+        threads = [t for t in threading.enumerate() if t.name in ("kernelnet-otlp-http", "kernelnet-otlp-grpc")]
+        assert len(threads) == 2
+        before = {t.native_id: _task_switches(t.native_id) for t in threads}
+        time.sleep(1.0)
+        woke = {tid: _task_switches(tid) - n for tid, n in before.items()}
+        assert all(n <= 1 for n in woke.values()), woke  # a poll would show 5
+    finally:
+        t0 = time.monotonic()
+        h.rx.stop()
+        took = time.monotonic() - t0
+    assert took < 1.0 and not any(t.is_alive() for t in threads)
+    for port in (h.rx.grpc.port, h.rx.http.port):  # the listening sockets are closed
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))

@@ -104,8 +104,8 @@ class FakeLoader:
         self.calls.append("close")
 
 
-def make_collector(tmp_path: Path) -> Collector:
-    cfg = validate({"receiver": {"enabled": False}, "status": {"interval_s": 0}}, "test")
+def make_collector(tmp_path: Path, **config) -> Collector:
+    cfg = validate({"receiver": {"enabled": False}, "status": {"interval_s": 0}, **config}, "test")
     col = Collector(cfg, output=str(tmp_path / "out"), out=open(tmp_path / "log", "w"))
     col.open_export()
     return col
@@ -145,14 +145,17 @@ def test_without_ring_buffer_wake_ups_the_loop_sleeps_long_only_after_a_quiet_dr
     # a loader with nothing to block on (no wait()): the loop sleeps on its stop event and
     # drains after every sleep; one poll interval first and after a drain that found a
     # record (the records written without a wake-up since), ringbuf.max_wait_ms otherwise
+    # (no family samples on a shorter period, no join, no status line)
     col = make_collector(tmp_path)
     stop = CountingStop(80)
-    col.stop_event = stop
+    col.stop_event, col._monotonic = stop, stop.monotonic
     loader = FakeLoader(col._emit, flows={10})
     col._loop(loader)
     poll, long = col.cfg["ringbuf.poll_interval_ms"] / 1000, col.cfg["ringbuf.max_wait_ms"] / 1000
     assert poll < long
-    assert stop.waits == [poll] + [long] * 10 + [poll] + [long] * 68  # consume #10 found one
+    # the quiet sleeps end on the families' period (from the start), so the sleep after a
+    # follow-up drain is what is left of it
+    assert stop.waits == [poll, long - poll] + [long] * 9 + [poll, long - poll] + [long] * 67  # consume #10 found one
     assert col.counters.events == 1 and loader.calls.count("consume") == 80
     col.pipeline.close(timeout_s=5)
 
@@ -160,21 +163,117 @@ def test_without_ring_buffer_wake_ups_the_loop_sleeps_long_only_after_a_quiet_dr
 def test_with_ring_buffer_wake_ups_the_loop_blocks_in_the_loader(tmp_path):
     col = make_collector(tmp_path)
     stop = CountingStop(10**9)
-    col.stop_event = stop
+    col.stop_event, col._monotonic = stop, stop.monotonic
     loader = FakeLoader(col._emit, flows={3})
     waits: list[float] = []
 
     def wait(timeout: float) -> bool:  # the loader blocks (epoll); the stop event is not slept on
-        waits.append(timeout)
+        waits.append(round(timeout, 6))
+        stop.now += timeout
         if len(waits) == 6:
             stop.n = 0
         return len(waits) == 2  # woken by a ring buffer once, else timed out
     loader.wait = wait
     col._loop(loader)
     poll, long = col.cfg["ringbuf.poll_interval_ms"] / 1000, col.cfg["ringbuf.max_wait_ms"] / 1000
-    # start: a follow-up drain; woken (2nd): a follow-up; consume #3 (0-based) finds a record: a follow-up
-    assert waits == [poll, long, poll, long, poll, long] and stop.waits == []
+    # start: a follow-up drain; woken (2nd): a follow-up; consume #3 (0-based) finds a record: a
+    # follow-up. A quiet sleep ends when the families' next round is due: max_wait after the
+    # last one (the first at the start), not a full max_wait after a follow-up drain.
+    assert waits == [poll, long - poll] * 3
+    assert stop.waits == []
     assert loader.calls.count("consume") == 6 and col.counters.events == 1
+    col.pipeline.close(timeout_s=5)
+
+
+class PolledFamily:
+    """A family whose poll() the loop calls; records the (fake) time of each call."""
+
+    def __init__(self, name: str, clock):
+        self.name, self.clock, self.polls = name, clock, []
+
+    def poll(self) -> None:
+        self.polls.append(round(self.clock(), 6))
+
+
+def test_idle_the_loop_wakes_when_the_zone_sample_is_due_not_every_max_wait(tmp_path):
+    # the reclaim family samples /proc/zoneinfo in poll() every zoneinfo_interval_ms: the
+    # quiet sleep ends then; other families only get the max_wait period
+    col = make_collector(tmp_path, probes={"reclaim": {"zoneinfo_interval_ms": 400}},
+                         ringbuf={"max_wait_ms": 1000})
+    stop = CountingStop(12)
+    col.stop_event, col._monotonic = stop, stop.monotonic
+    col.probes = [PolledFamily("reclaim", stop.monotonic), PolledFamily("drop", stop.monotonic)]
+    col._loop(FakeLoader(col._emit))
+    poll = col.cfg["ringbuf.poll_interval_ms"] / 1000
+    assert stop.waits == [poll, 0.38] + [0.4] * 10
+    assert col.probes[0].polls[-3:] == [1003.6, 1004.0, 1004.4]  # every round: every 0.4 s
+    col.pipeline.close(timeout_s=5)
+
+    col = make_collector(tmp_path)  # no family with a period: the default max_wait, 1 s
+    stop = CountingStop(5)
+    col.stop_event, col._monotonic = stop, stop.monotonic
+    col.probes = [PolledFamily("drop", stop.monotonic)]
+    col._loop(FakeLoader(col._emit))
+    assert col.cfg["ringbuf.max_wait_ms"] == 1000 and stop.waits == [poll, 0.98, 1.0, 1.0, 1.0]
+    col.pipeline.close(timeout_s=5)
+
+
+def test_a_status_line_due_just_before_a_round_waits_for_it(tmp_path):
+    # status every 5 s, rounds every 1 s: the line is printed on a round, no wake-up of its own
+    col = make_collector(tmp_path, status={"interval_s": 5})
+    stop = CountingStop(16)
+    col.stop_event, col._monotonic = stop, stop.monotonic
+    printed: list[float] = []
+    col.status_line = lambda rate: printed.append(round(stop.now, 6)) or "status"
+    col._loop(FakeLoader(col._emit))
+    assert stop.waits == [0.02, 0.98] + [1.0] * 14
+    assert printed == [1005.0, 1010.0, 1015.0]
+    col.pipeline.close(timeout_s=5)
+
+    # a status period shorter than the rounds: it is a deadline of its own
+    col = make_collector(tmp_path, status={"interval_s": 1}, ringbuf={"max_wait_ms": 1000},
+                         probes={"reclaim": {"zoneinfo_interval_ms": 3000}})
+    stop = CountingStop(4)
+    col.stop_event, col._monotonic = stop, stop.monotonic
+    col._loop(FakeLoader(col._emit))
+    assert stop.waits == [0.02, 0.98, 1.0, 1.0]
+    col.pipeline.close(timeout_s=5)
+
+
+class FakeJoin:
+    def __init__(self):
+        self.pending, self.active, self.ticks, self.added = 0, False, 0, []
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+    def add_app_spans(self, spans) -> None:
+        self.added.extend(spans)
+        self.active = True
+
+
+def test_the_join_ticks_on_its_short_period_only_while_it_has_work(tmp_path):
+    from otel_kernelnet.collector import JOIN_TICK_S
+    col = make_collector(tmp_path)
+    stop = CountingStop(8)
+    col.stop_event, col._monotonic = stop, stop.monotonic
+    col.join = join = FakeJoin()
+    wakes: list[int] = []
+    col._interrupt = lambda: wakes.append(1)
+    loader = FakeLoader(col._emit)
+    orig = loader.consume
+
+    def consume():
+        orig()
+        if loader.consumes == 3:  # the first app spans arrive (receiver thread)
+            col._add_app_spans(["app span"])
+        if loader.consumes == 4:  # a second batch: the join is already hot, no wake-up
+            col._add_app_spans(["another"])
+    loader.consume = consume
+    col._loop(loader)
+    assert wakes == [1] and join.added == ["app span", "another"]
+    assert stop.waits == [0.02, 0.98, 1.0] + [JOIN_TICK_S] * 5
+    assert join.ticks == 8  # every round
     col.pipeline.close(timeout_s=5)
 
 
