@@ -566,6 +566,21 @@ int kn_on_copy_datagram(void *ctx)
 	struct kn_life_event *s = kn_find(skb);
 	if (!s)
 		return 0;
+#if KN_OFF_SKB_PROTOCOL >= 0
+	/* A lifecycle that ended unseen (a consumed control segment, ICMP, or any packet the
+	 * enqueue stage cannot close: no tcp_probe) keeps its slot until an arrival reuses
+	 * it. Its skb's memory may meanwhile be reused by an skb that never arrives from a
+	 * device and is then read: an AF_UNIX or netlink message (every process's IPC, the
+	 * self-pipe of an event loop), whose skb->protocol is 0. That read is not the end of
+	 * the network lifecycle: the slot is retired, counted, not emitted. */
+	u16 proto_be = 0;
+	bpf_probe_read_kernel(&proto_be, sizeof(proto_be), (void *)skb + KN_OFF_SKB_PROTOCOL);
+	if (!proto_be) {
+		kn_count(KN_STAT_STALE);
+		s->skbaddr = 0;
+		return 0;
+	}
+#endif
 	u64 now = bpf_ktime_get_ns();
 	int read_len = 0;
 	if (KN_RAW_COPY)

@@ -43,7 +43,9 @@
 #define KN_STAT_EVICTED     8 /* an arrival took a slot still holding another skb's lifecycle
                                  (set full): that one is lost, or had ended unseen */
 #define KN_STAT_UNSEEN      9 /* protocol stage of a packet in scope with no recorded arrival */
-#define KN_STAT_MAX         10
+#define KN_STAT_STALE       10 /* a read of a non-network skb (AF_UNIX, netlink) at the address
+                                 of a lifecycle that had ended unseen: retired, not emitted */
+#define KN_STAT_MAX         11
 
 struct kn_life_event {
 	__u64 t_arrival;

@@ -46,7 +46,8 @@ from .rawtp import Raw, attach_name, choose
 
 RECORD = records.record_type("lifecycle", "kn_life_event")
 DEFS = records.defines("lifecycle")
-STATS = ("emitted", "rate_capped", "ringbuf_full", "arrived", "read", "dropped", "quiet", "no_data", "evicted", "unseen")
+STATS = ("emitted", "rate_capped", "ringbuf_full", "arrived", "read", "dropped", "quiet", "no_data", "evicted", "unseen",
+         "stale")
 assert len(STATS) == DEFS["KN_STAT_MAX"]
 STAGES = ("backlog", "protocol", "socket", "total")  # histogram stage names, KN_LIFE_H_* order
 assert len(STAGES) == DEFS["KN_LIFE_H_STAGES"]
