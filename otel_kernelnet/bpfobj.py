@@ -246,22 +246,34 @@ class CompileWorker:
     compiler's own messages go to the collector's stderr. It lives until :meth:`close`
     (the collector closes it once every family is attached)."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: dict[str, str] | None = None, argv: list[str] | None = None):
         import subprocess
-        self.proc = subprocess.Popen([sys.executable, "-m", "otel_kernelnet.bpfobj"], stdin=subprocess.PIPE,
+        argv = argv or [sys.executable, "-m", "otel_kernelnet.bpfobj"]  # tests: a stand-in
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, text=True, close_fds=True)
 
+    timeout_s = 300.0  # one compile; a healthy one takes about 0.5 s here
+
     def compile(self, text: str, cflags: list[str]) -> Image:
+        import select
         try:
             self.proc.stdin.write(json.dumps({"text": text, "cflags": cflags}) + "\n")
             self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+            if not ready:
+                self.proc.kill()
+                self.proc.wait()
+                raise BpfObjectError(f"the compiler process did not answer within {self.timeout_s:.0f} s: stopped")
             line = self.proc.stdout.readline()
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
             rc = self.proc.wait()
             raise BpfObjectError(f"the compiler process ended (exit status {rc}; its messages are above)")
-        answer = json.loads(line)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise BpfObjectError(f"the compiler process answered something else: {line[:200]!r}") from None
         if "error" in answer:
             raise BpfObjectError(answer["error"])
         return Image.from_json(answer["image"])
@@ -282,13 +294,18 @@ class CompileWorker:
 
 
 def _worker_main() -> int:
-    """The child of :class:`CompileWorker`: import bcc once, compile until stdin ends."""
+    """The child of :class:`CompileWorker`: import bcc once, compile until stdin ends.
+    Its answers go to the original stdout; anything else written to fd 1 (by bcc,
+    clang or LLVM) goes to stderr, so it cannot break a line of the protocol."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     from .loader import import_bcc
     try:
         bcc = import_bcc()
     except Exception as e:  # answer every request with the reason
         bcc, failure = None, str(e)
-    out = sys.stdout
+    out = answers
     for line in sys.stdin:
         req = json.loads(line)
         try:

@@ -125,3 +125,35 @@ def test_the_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
     assert cache.load("k0") is not None  # used now: the newest
     cache.store("k3", image())
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k0", "k2", "k3"]
+
+
+@pytest.mark.parametrize("script, match", [
+    ("import sys; sys.stdin.readline(); print('clang says hi'); sys.stdout.flush()", "answered something else"),
+    ("import sys; sys.stdin.readline(); sys.exit(3)", "ended \\(exit status 3"),
+    ("import sys, time; sys.stdin.readline(); time.sleep(30)", "did not answer within 1 s"),
+    ("import sys, json; sys.stdin.readline(); print(json.dumps({'error': 'Failed to compile BPF module'}))",
+     "Failed to compile BPF module"),
+])
+def test_the_compiler_process_failing_is_an_error_not_a_hang(script, match):
+    import sys
+    worker = bpfobj.CompileWorker(argv=[sys.executable, "-c", script])
+    worker.timeout_s = 1.0
+    try:
+        with pytest.raises(BpfObjectError, match=match):
+            worker.compile("int f(void) { return 0; }", [])
+    finally:
+        worker.close()
+    assert worker.proc.poll() is not None
+
+
+def test_the_compiler_process_answers_with_an_image():
+    import sys
+    img = image()
+    script = ("import sys, json; req = json.loads(sys.stdin.readline()); "
+              f"print(json.dumps({{'image': {img.to_json()!r}}})); sys.stdout.flush(); sys.stdin.read()")
+    worker = bpfobj.CompileWorker(argv=[sys.executable, "-c", script])
+    try:
+        assert worker.compile("src", ["-DX=1"]) == img
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0  # ended by closing its stdin
