@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import sys
@@ -336,13 +337,39 @@ def compiler_identity() -> str:
         return "bcc:" + spec.origin
 
 
-def cache_key(source: str, cflags: list[str], compiler: str | None = None) -> str:
-    """sha256 over everything that decides the bytecode: the source, the ``-D`` flags
-    (they carry the BTF offsets and tracepoint layouts of this kernel), the compiler,
-    and the kernel's release and build (helper numbers, the verifier)."""
+_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def local_headers(source: str, dirs: list[Path]) -> str:
+    """The text of every ``#include "..."`` file the source reaches (recursively, looked
+    up in ``dirs`` as the compiler's ``-I`` would), for :func:`cache_key`: a record
+    layout changed in ``drop.h`` must not load an object compiled with the old one."""
+    out, seen, todo = [], set(), _QUOTED_INCLUDE.findall(source)
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        for d in dirs:
+            f = d / name
+            if f.is_file():
+                text = f.read_text()
+                out.append(f"{name}\0{text}")
+                todo.extend(_QUOTED_INCLUDE.findall(text))
+                break
+        else:
+            out.append(f"{name}\0<missing>")
+    return "\0\1".join(out)
+
+
+def cache_key(source: str, cflags: list[str], compiler: str | None = None, headers: str = "") -> str:
+    """sha256 over everything that decides the bytecode: the source and the local headers
+    it includes (:func:`local_headers`), the ``-D`` flags (they carry the BTF offsets and
+    tracepoint layouts of this kernel), the compiler, and the kernel's release and build
+    (helper numbers, the verifier)."""
     u = os.uname()
     h = hashlib.sha256()
-    for part in (str(FORMAT), source, "\0".join(cflags), compiler or compiler_identity(),
+    for part in (str(FORMAT), source, headers, "\0".join(cflags), compiler or compiler_identity(),
                  u.release, u.version, u.machine):
         h.update(part.encode())
         h.update(b"\0\1")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bpfobj import (DEFAULT_CACHE_DIR, BpfMap, BpfObject, BpfObjectError, CompileWorker, ObjectCache,
-                     RingBuffers, cache_key)
+                     RingBuffers, cache_key, local_headers)
 from .kernel import tracefs
 
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -293,7 +293,7 @@ class Loader:
         src, cflags = self.source(source_file, defines, directory)
         if self._debug:
             print(f"/* {source_file} compiled with: {' '.join(cflags)} */\n{src}")
-        key = cache_key(src, cflags)
+        key = cache_key(src, cflags, headers=local_headers(src, [directory, BPF_DIR]))
         t0 = time.monotonic()
         image = self.cache.load(key)
         cached = image is not None

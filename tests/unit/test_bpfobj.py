@@ -65,6 +65,23 @@ def test_the_cache_key_covers_source_flags_and_compiler():
     assert k != cache_key("int f(void) { return 0; }", ["-DA=1"], compiler="bcc:2")
     assert k != cache_key("int f(void) { return 0; }", ["-DA", "=1"], compiler="bcc:1")  # flags are not just joined
     assert k == cache_key("int f(void) { return 0; }", ["-DA=1"], compiler="bcc:1")
+    assert k != cache_key("int f(void) { return 0; }", ["-DA=1"], compiler="bcc:1", headers="x.h\0struct a;")
+
+
+def test_the_key_changes_with_an_included_header(tmp_path):
+    (tmp_path / "rec.h").write_text('#include "inner.h"\nstruct rec { int a; };\n')
+    (tmp_path / "inner.h").write_text("#define X 1\n")
+    src = '#include "rec.h"\nint f(void) { return X; }\n'
+    before = bpfobj.local_headers(src, [tmp_path])
+    assert "struct rec" in before and "#define X 1" in before  # recursively
+    (tmp_path / "inner.h").write_text("#define X 2\n")
+    after = bpfobj.local_headers(src, [tmp_path])
+    assert cache_key(src, [], compiler="c", headers=before) != cache_key(src, [], compiler="c", headers=after)
+    assert "<missing>" in bpfobj.local_headers('#include "nowhere.h"\n', [tmp_path])
+    # the real sources: every family's record header is part of its key
+    from otel_kernelnet.loader import BPF_DIR, inline_bcc_headers
+    drop_src = inline_bcc_headers((BPF_DIR / "drop.bpf.c").read_text())
+    assert (BPF_DIR / "drop.h").read_text() in bpfobj.local_headers(drop_src, [BPF_DIR])
 
 
 def test_the_cache_stores_private_files_and_reads_them_back(tmp_path):
