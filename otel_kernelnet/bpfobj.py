@@ -250,7 +250,10 @@ class CompileWorker:
     def __init__(self, env: dict[str, str] | None = None, argv: list[str] | None = None):
         import subprocess
         argv = argv or [sys.executable, "-m", "otel_kernelnet.bpfobj"]  # tests: a stand-in
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+        # run from the directory that holds this package: ``-m`` puts the working directory
+        # first on sys.path, so the child imports this very code, not another checkout's
+        home = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, cwd=home,
                                      stdout=subprocess.PIPE, env=env, text=True, close_fds=True)
 
     timeout_s = 300.0  # one compile; a healthy one takes about 0.5 s here
