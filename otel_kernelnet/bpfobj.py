@@ -1,16 +1,17 @@
 """BPF objects without a compiler in the process: bcc's output, cached and loaded.
 
-bcc compiles a probe's C with clang and LLVM inside the process: about 0.3-0.5 s per
-family here, and once the compiler has run, ~100 MB of LLVM text and heap stay in
-the collector (docs/benchmarks.md sections 3 and 7). What the kernel needs from a
-compile is small: each function's instructions, the maps they reference and the
-license. This module takes that from a compiled bcc object (:func:`image_from_bcc`),
-keeps it in an on-disk cache keyed by everything that decides the bytecode
-(:class:`ObjectCache`), and loads, attaches and reads it through
-``libbcc_bpf.so.0`` — bcc's own C wrapper of the ``bpf()`` system call and libbpf's
-ring buffer, from the same Debian package as bcc, without LLVM (:class:`BpfObject`).
-The collector uses this path for every object, compiled now or cached, so there is
-one run-time path.
+bcc compiles a probe's C with clang and LLVM inside the process that imports it:
+about 0.4-0.5 s per family here, and once the compiler has run, ~90 MB of LLVM text
+and heap stay in that process (docs/benchmarks.md section 3). What the kernel needs
+from a compile is small: each function's instructions, the maps they reference and
+the license. So bcc runs in a child process (:class:`CompileWorker`), which sends
+back that much (:func:`image_from_bcc`); the image is kept in an on-disk cache keyed
+by everything that decides the bytecode (:class:`ObjectCache`: a restart compiles
+nothing); and the collector creates the maps, loads, attaches and reads the image
+through ``libbcc_bpf.so.0`` — bcc's own C wrapper of the ``bpf()`` system call and of
+libbpf's ring buffer, from the same Debian packages as bcc, without LLVM
+(:class:`BpfObject`). Every object takes this path, compiled now or cached, so there
+is one run-time path.
 
 Relocation: bcc creates a function's maps while compiling and writes their file
 descriptors into the ``ld_imm64`` instructions that reference them
