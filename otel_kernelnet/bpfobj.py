@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -100,6 +101,7 @@ def _errno_text() -> str:
     return f"{os.strerror(e)} (errno {e})" if e else "no errno"
 
 
+@functools.lru_cache(maxsize=4)  # fixed while the system runs; read per histogram read otherwise
 def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     """How many CPUs a per-CPU map holds a value for (``0-1`` -> 2; ``0,2-3`` -> 4)."""
     text = Path(path).read_text().strip()
@@ -517,14 +519,6 @@ class BpfMap:
         """False when the key was not there."""
         return library().bpf_delete_elem(self.fd, self._key(key)) == 0
 
-    def get(self, key: int) -> int | None:
-        if self.percpu:
-            raise BpfObjectError(f"map {self.name} is per-CPU: use percpu_rows")
-        v = ctypes.create_string_buffer(self.value_size)
-        if library().bpf_lookup_elem(self.fd, self._key(key), v) != 0:
-            return None
-        return int.from_bytes(v.raw, sys.byteorder)
-
     def percpu_rows(self, count: int) -> list[list[int]]:
         """The per-CPU u64 values of keys ``0..count-1`` of a per-CPU array: one batched
         lookup (BPF_MAP_LOOKUP_BATCH, Linux 5.6+: ~8x faster than a syscall per key for
@@ -623,13 +617,13 @@ class BpfObject:
         return fd
 
     def attach_raw_tracepoint(self, tp: str, fn: str) -> None:
-        fd = lib_call_attach(library().bpf_attach_raw_tracepoint, self.load(fn, PROG_TYPE_RAW_TRACEPOINT),
+        fd = _attach_fd(library().bpf_attach_raw_tracepoint, self.load(fn, PROG_TYPE_RAW_TRACEPOINT),
                              tp.encode())
         self.links["raw:" + tp] = fd
 
     def attach_tracepoint(self, tp: str, fn: str) -> None:
         category, _, event = tp.partition(":")
-        fd = lib_call_attach(library().bpf_attach_tracepoint, self.load(fn, PROG_TYPE_TRACEPOINT),
+        fd = _attach_fd(library().bpf_attach_tracepoint, self.load(fn, PROG_TYPE_TRACEPOINT),
                              category.encode(), event.encode())
         self.links[tp] = fd
 
@@ -656,7 +650,8 @@ class BpfObject:
         self.maps.clear()
 
 
-def lib_call_attach(fn: Callable[..., int], *args: Any) -> int:
+def _attach_fd(fn: Callable[..., int], *args: Any) -> int:
+    """The fd a libbcc_bpf attach call returned; its errno as an error when it failed."""
     fd = fn(*args)
     if fd < 0:
         raise BpfObjectError(f"attach failed: {_errno_text()}")
@@ -671,11 +666,9 @@ class RingBuffers:
         self._mgr: int | None = None
         self._callbacks: list[Any] = []  # ctypes keeps no reference of its own
 
-    def add(self, m: BpfMap, callback: Callable[[Any, int], None]) -> None:
-        def _cb(_ctx: Any, data: Any, size: int) -> int:
-            callback(data, size)
-            return 0
-        cb = RingCallback(_cb)
+    def add(self, m: BpfMap, callback: Callable[[Any, Any, int], int]) -> None:
+        """``callback(ctx, data, size) -> 0`` per record, called by libbpf directly."""
+        cb = RingCallback(callback)
         lib = library()
         if self._mgr is None:
             mgr = lib.bpf_new_ringbuf(m.fd, cb, None)

@@ -197,12 +197,6 @@ class Program:
         return self.obj[name]
 
 
-def read_percpu(table: BpfMap, count: int) -> list[list[int]]:
-    """The per-CPU values of keys ``0..count-1`` of a per-CPU array (one batched lookup
-    where the kernel has it: :meth:`BpfMap.percpu_rows`)."""
-    return table.percpu_rows(count)
-
-
 class Loader:
     """Compiles (or takes from the object cache), attaches and drains probes; detaches
     everything on close()."""
@@ -222,7 +216,6 @@ class Loader:
         self.cache = ObjectCache(cache_dir)
         self.compiles = 0  # objects compiled (cache misses, or the cache off)
         self.compile_seconds = 0.0  # waiting for the compiler
-        self.load_seconds = 0.0  # maps created (and, for a hit, the cache file read)
 
     def __enter__(self) -> "Loader":
         return self
@@ -249,7 +242,6 @@ class Loader:
     def _compiler(self) -> CompileWorker:
         if self._worker is None or self._worker.proc.poll() is not None:
             self._find_headers()
-            tracefs.ensure_tracefs()  # as import_bcc does, before the child imports bcc
             self._worker = CompileWorker(env=dict(os.environ))
         return self._worker
 
@@ -305,12 +297,10 @@ class Loader:
             self.compile_seconds += time.monotonic() - t0
             self.compiles += 1
             self.cache.store(key, image)
-        t1 = time.monotonic()
         try:
             obj = BpfObject(image, name)
         except BpfObjectError as e:
             raise LoaderError(str(e)) from None
-        self.load_seconds += time.monotonic() - t1 + (t1 - t0 if cached else 0.0)
         prog = Program(name, obj, cached=cached, key=key)
         self._programs.append(prog)
         return prog
@@ -333,8 +323,9 @@ class Loader:
             raise LoaderError(f"attaching {fn_name} to tracepoint {tracepoint} failed: {e}") from None
         prog.attached.append((tracepoint, fn_name))
 
-    def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, int], None]) -> None:
-        """``callback(data_pointer, size)`` for each record of ``map_name``."""
+    def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, Any, int], int]) -> None:
+        """``callback(ctx, data_pointer, size)`` for each record of ``map_name``, called
+        by libbpf as is (no wrapper frame per record); it returns 0."""
         table = prog.map(map_name)
         try:
             self._rings.add(table, callback)
@@ -378,7 +369,7 @@ class Loader:
 
     @staticmethod
     def percpu_sum(prog: Program, map_name: str, count: int) -> list[int]:
-        return [sum(row) for row in read_percpu(prog.map(map_name), count)]
+        return [sum(row) for row in prog.map(map_name).percpu_rows(count)]
 
     @staticmethod
     def recursion_misses(prog: Program) -> int:

@@ -103,12 +103,13 @@ class RingBufferProbe:
             for inode in scope_netns:
                 table.set(inode, 1)
 
-        def cb(data: Any, size: int) -> None:
+        def cb(_ctx: Any, data: Any, size: int) -> int:  # libbpf's ring buffer callback
             try:
                 on_event(decode(ctypes.string_at(data, size)))
             except Exception as e:  # a bad record must not stop the stream; count it
                 self.decode_errors += 1
                 on_error(e)
+            return 0
 
         loader.open_ring_buffer(self.prog, ring_buffer, cb)
         for tracepoint, fn in attach:

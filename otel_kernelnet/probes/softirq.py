@@ -37,7 +37,6 @@ from .. import records
 from ..export.metrics_model import HistogramPoint
 from .. import semconv as sc
 from ..kernel import cgroups
-from ..loader import read_percpu
 from ..kernel.tracefs import TracepointFormat
 from ..spans import IdSource, KernelSpan, SpanEvent
 from .base import Emit, KernelContext, OnError, ProbeFamily, ProbeUnavailable, RingBufferProbe, read_optional_formats
@@ -514,8 +513,8 @@ class SoftirqProbe(RingBufferProbe):
 
     def read_sums(self) -> list[list[int]]:
         """Raw per-CPU ns sums of kn_sirq_hist_sum, index measure * 2 + vector."""
-        return read_percpu(self.prog.map("kn_sirq_hist_sum"), 2 * len(VECTORS))
+        return self.prog.map("kn_sirq_hist_sum").percpu_rows(2 * len(VECTORS))
 
     def read_histograms(self) -> list[list[int]]:
         """Raw per-CPU counts of kn_sirq_hist, one list per index."""
-        return read_percpu(self.prog.map("kn_sirq_hist"), 2 * len(VECTORS) * SLOTS)
+        return self.prog.map("kn_sirq_hist").percpu_rows(2 * len(VECTORS) * SLOTS)

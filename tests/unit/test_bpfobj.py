@@ -127,8 +127,8 @@ def test_a_cache_that_cannot_be_created_is_said_and_turned_off(tmp_path):
 
 
 def test_possible_cpus_reads_ranges_and_lists(tmp_path):
-    f = tmp_path / "possible"
-    for text, n in [("0\n", 1), ("0-1\n", 2), ("0,2-3\n", 4), ("0-7,16\n", 17)]:
+    for i, (text, n) in enumerate([("0\n", 1), ("0-1\n", 2), ("0,2-3\n", 4), ("0-7,16\n", 17)]):
+        f = tmp_path / f"possible{i}"  # one file each: the answer is remembered per path
         f.write_text(text)
         assert bpfobj.possible_cpus(str(f)) == n
 

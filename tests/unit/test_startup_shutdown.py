@@ -360,7 +360,7 @@ def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
     loader._rings = FakeRings()
     prog = Program("fam", PipeObject(ring))
     assert loader.wait(0.01) is None  # no ring buffer open: nothing to block on
-    loader.open_ring_buffer(prog, "kn_events", lambda data, size: None)
+    loader.open_ring_buffer(prog, "kn_events", lambda ctx, data, size: 0)
     assert [name for name, _cb in loader._rings.added] == ["kn_events"]
     t0 = time.monotonic()
     assert loader.wait(0.05) is False and time.monotonic() - t0 >= 0.04  # timed out
