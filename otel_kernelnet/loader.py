@@ -4,8 +4,8 @@ It finds a kernel header tree bcc can compile against, compiles a probe's C with
 ``-D`` settings in a child process (bpfobj.CompileWorker: clang and LLVM never enter
 the collector) or takes the same object from the object cache (bpfobj.py: then no
 compiler or header tree is needed), loads and attaches it through ``libbcc_bpf``,
-drains BPF ring buffers and detaches on every exit path (it is a context manager; the collector also turns SIGINT/SIGTERM into a
-normal exit so the ``finally`` runs). If the process dies hard, the kernel detaches
+drains BPF ring buffers and detaches on every exit path (it is a context manager; the
+collector also turns SIGINT/SIGTERM into a normal exit so the ``finally`` runs). If the process dies hard, the kernel detaches
 the programs anyway when their file descriptors close.
 
 Header trees: no struct layout may come from headers (probes take offsets from

@@ -91,7 +91,7 @@ def _see_a_drop(loader: Loader) -> tuple[bool, list]:
     mine: list = []
     while time.monotonic() < deadline and not mine:
         _drop_once(port)
-        time.sleep(0.05)
+        loader.wait(0.5)  # the record's wake-up (kn_wake) ends it; the deadline bounds the loop
         loader.consume()
         mine = [s for s in spans if s.attributes.get("destination.port") == port]
     return fam.probe.prog.cached, mine
