@@ -8,10 +8,10 @@ embedded store).
 Two implementations: ``traces_data`` builds the document as Python dicts (the
 readable reference, kept for tests and other callers), and ``Encoder``, which
 ``encode_line`` uses, writes the same JSON text directly: it is ~10x cheaper per span
-because each attribute's ``{"key":..,"value":{..}}`` text is cached by (key, value)
-for str, int and bool values (kernel attributes repeat), bounded by
-``ATTR_CACHE_MAX`` entries. ``tests/unit/test_otlp_proto.py`` checks that both give
-the same bytes.
+because each attribute's ``{"key":..,"value":{..}}`` text is cached per key and value
+for str, int and bool values (kernel attributes mostly repeat; a key whose values do
+not, such as a duration, stops being cached: ``attr_cache.AttrCache``).
+``tests/unit/test_otlp_proto.py`` checks that both give the same bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from ..spans import KernelSpan
-
-ATTR_CACHE_MAX = 1 << 16
+from .attr_cache import PER_KEY_MAX, AttrCache
 
 
 def any_value(v: Any) -> dict[str, Any]:
@@ -108,30 +107,25 @@ class Encoder:
     """
 
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
-                 cache_max: int = ATTR_CACHE_MAX):
+                 per_key_max: int = PER_KEY_MAX):
         self._head = ('{"resourceSpans":[{"resource":{"attributes":' + _dumps(key_values(resource))
                       + '},"scopeSpans":[{"scope":' + _dumps({"name": scope_name, "version": scope_version})
                       + ',"spans":[')
-        self._cache: dict[tuple[str, Any], str] = {}  # str and int values
+        self.attrs = AttrCache(_kv_text, per_key_max)  # str and int values
         self._bools: dict[tuple[str, bool], str] = {}  # apart: (k, True) == (k, 1)
-        self._cache_max = cache_max
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
-        self.cache_clears = 0
 
     def _attrs(self, attrs: Mapping[str, Any]) -> str:
-        cache, bools = self._cache, self._bools
+        by_key, bools = self.attrs.by_key, self._bools
         out = []
         for k, v in attrs.items():
             t = v.__class__
             if t is str or t is int:
-                b = cache.get((k, v))
+                d = by_key.get(k)
+                b = d.get(v) if d is not None else None
                 if b is None:
-                    if len(cache) >= self._cache_max:
-                        cache.clear()
-                        bools.clear()
-                        self.cache_clears += 1
-                    b = cache[(k, v)] = _kv_text(k, v)
+                    b = self.attrs.miss(k, v)
             elif t is bool:
                 b = bools.get((k, v))
                 if b is None:

@@ -18,10 +18,11 @@ process) and on every link. Attribute values: str, bool, int (int64; an int outs
 the int64 range is written modulo 2**64, as a u64 socket cookie's bits), float
 (double), bytes, and lists/tuples of those (``array_value``).
 
-Speed: a kernel span's attributes repeat (drop reason, location, device, command,
-ports, addresses), so each encoded ``KeyValue`` of a str or int value is cached by
-(key, value); a hit costs one dict lookup. The cache is bounded
-(``ATTR_CACHE_MAX`` entries; it is simply cleared when full).
+Speed: a kernel span's attributes mostly repeat (drop reason, location, device,
+command, CPU), so each encoded ``KeyValue`` of a str or int value is kept per key and
+value (``attr_cache.AttrCache``: a key whose values do not repeat, such as a duration
+in ns, stops being cached); a hit costs two dict lookups. Events with the same name and
+attributes are cached too (at most ``EVENTS_MAX``; cleared when full).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import struct
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..spans import KernelSpan
+from .attr_cache import PER_KEY_MAX, AttrCache
 
-ATTR_CACHE_MAX = 1 << 16
+EVENTS_MAX = 4096
 _U64 = (1 << 64) - 1
 
 # minimal varints for small values, precomputed (lengths of spans and attributes)
@@ -107,6 +109,11 @@ def key_value(key: str, v: Any) -> bytes:
     return _ld(b"\x0a", key.encode()) + _ld(b"\x12", any_value(v))
 
 
+def _span_attr(k: str, v: Any) -> bytes:
+    """Span field 9 (``attributes``) for one attribute."""
+    return _ld(b"\x4a", key_value(k, v))
+
+
 def attributes(tag: bytes, attrs: Mapping[str, Any]) -> bytes:
     """Repeated ``KeyValue`` fields with ``tag`` (uncached: resource, events, links)."""
     return b"".join(_ld(tag, key_value(k, v)) for k, v in attrs.items())
@@ -119,31 +126,17 @@ class Encoder:
     """
 
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
-                 cache_max: int = ATTR_CACHE_MAX):
+                 per_key_max: int = PER_KEY_MAX, events_max: int = EVENTS_MAX):
         self._resource_field = _ld(b"\x0a", attributes(b"\x0a", resource))  # ResourceSpans.resource
         scope = _ld(b"\x0a", scope_name.encode()) + (_ld(b"\x12", scope_version.encode()) if scope_version else b"")
         self._scope_field = _ld(b"\x0a", scope)  # ScopeSpans.scope
-        self._cache: dict[tuple[str, Any], bytes] = {}
-        self._cache_max = cache_max
+        self.attrs = AttrCache(_span_attr, per_key_max)  # str and int values
         self._bools: dict[tuple[str, bool], bytes] = {}  # only bools: (k, True) == (k, 1)
         self._names: dict[str, bytes] = {}
         self._events: dict[tuple[str, tuple], bytes] = {}  # (name, attribute items) -> fields 2 and 3
+        self._events_max = events_max
         self._status: dict[tuple[int, str], bytes] = {}
-        self.cache_clears = 0
-
-    def _span_attr(self, k: str, v: Any) -> bytes:
-        """Span field 9 for one attribute, cached for str and int values."""
-        t = v.__class__
-        if t is str or t is int:
-            b = self._cache.get((k, v))
-            if b is None:
-                if len(self._cache) >= self._cache_max:
-                    self._cache.clear()
-                    self._bools.clear()
-                    self.cache_clears += 1
-                b = self._cache[(k, v)] = _ld(b"\x4a", key_value(k, v))
-            return b
-        return _ld(b"\x4a", key_value(k, v))
+        self.events_clears = 0
 
     def span(self, s: KernelSpan) -> bytes:
         """The body of one ``Span`` message."""
@@ -157,21 +150,22 @@ class Encoder:
         if s.kind:
             parts.append(b"\x30" + varint(s.kind))
         parts.append(_TIMES.pack(0x39, s.start_ns & _U64, 0x41, s.end_ns & _U64))
-        cache, bools = self._cache, self._bools
+        by_key, bools = self.attrs.by_key, self._bools
         for k, v in s.attributes.items():
             t = v.__class__
             if t is str or t is int:
-                b = cache.get((k, v))
+                d = by_key.get(k)
+                b = d.get(v) if d is not None else None
                 if b is None:
-                    b = self._span_attr(k, v)
+                    b = self.attrs.miss(k, v)
                 parts.append(b)
             elif t is bool:
                 b = bools.get((k, v))
                 if b is None:
-                    b = bools[(k, v)] = _ld(b"\x4a", key_value(k, v))
+                    b = bools[(k, v)] = _span_attr(k, v)
                 parts.append(b)
             else:
-                parts.append(_ld(b"\x4a", key_value(k, v)))
+                parts.append(_span_attr(k, v))
         events = self._events
         for e in s.events:
             # an event's name and attributes repeat (a CPU number, a device, a reason): cached
@@ -181,9 +175,9 @@ class Encoder:
             if all(v.__class__ is str or v.__class__ is int for _k, v in items):
                 rest = events.get((e.name, items))
                 if rest is None:
-                    if len(events) >= self._cache_max:
+                    if len(events) >= self._events_max:
                         events.clear()
-                        self.cache_clears += 1
+                        self.events_clears += 1
                     rest = events[(e.name, items)] = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
             else:
                 rest = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)

@@ -118,11 +118,31 @@ def test_decoded_field_by_field():
 
 def test_empty_batch_and_bounded_cache():
     assert otlp_proto.encode_request([], RESOURCE, *SCOPE) == b""
-    enc = otlp_proto.Encoder(RESOURCE, *SCOPE, cache_max=8)
-    batch = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "s": str(i)},
+    enc = otlp_proto.Encoder(RESOURCE, *SCOPE, per_key_max=8, events_max=8)
+    batch = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "s": str(i), "r": i % 3, "t": "x"},
                         events=[SpanEvent(i, "e", {"i": i})]) for i in range(1, 50)]
     assert enc.encode(batch) == sdk_bytes(batch)
-    assert enc.cache_clears > 0 and len(enc._cache) <= 8 and len(enc._events) <= 8
+    assert enc.encode(batch) == sdk_bytes(batch)  # from the cache, where cached
+    # values that do not repeat stop being cached; the ones that repeat stay
+    assert enc.attrs.uncached == {"i", "s"} and sorted(enc.attrs.by_key) == ["r", "t"]
+    assert enc.attrs.entries() == 4
+    assert enc.events_clears > 0 and len(enc._events) <= 8
+
+
+def test_attr_cache_bounds():
+    from otel_kernelnet.export.attr_cache import AttrCache
+    calls = []
+    c = AttrCache(lambda k, v: calls.append((k, v)) or f"{k}={v}", per_key_max=3, keys_max=4)
+    assert [c.miss("a", v) for v in (1, 2, 3)] == ["a=1", "a=2", "a=3"]
+    assert c.by_key["a"] == {1: "a=1", 2: "a=2", 3: "a=3"}
+    assert c.miss("a", 4) == "a=4" and "a" not in c.by_key and c.uncached == {"a"}  # freed
+    assert c.miss("a", 1) == "a=1" and "a" not in c.by_key  # written directly from then on
+    for k in "bcd":
+        c.miss(k, 0)
+    assert c.clears == 0 and len(c.by_key) == 3
+    c.miss("e", 0)  # a fifth key: everything forgotten, nothing unbounded
+    assert c.clears == 1 and c.by_key == {"e": {0: "e=0"}} and c.uncached == set()
+    assert len(calls) == 9
 
 
 def test_varints_and_partial_success_reply():
@@ -142,10 +162,13 @@ def test_fast_json_equals_the_reference():
     a = otlp_json.encode_line(batch, RESOURCE, *SCOPE)
     assert a == otlp_json.encode_line_reference(batch, RESOURCE, *SCOPE)
     assert otlp_json.encode_line(batch, RESOURCE, *SCOPE) == a  # cached
-    enc = otlp_json.Encoder(RESOURCE, *SCOPE, cache_max=4)
-    many = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "b": i % 2 == 0}) for i in range(1, 30)]
-    assert enc.encode_line(many) == otlp_json.encode_line_reference(many, RESOURCE, *SCOPE)
-    assert enc.cache_clears > 0
+    enc = otlp_json.Encoder(RESOURCE, *SCOPE, per_key_max=4)
+    many = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "b": i % 2 == 0, "r": i % 2})
+            for i in range(1, 30)]
+    for _ in range(2):
+        assert enc.encode_line(many) == otlp_json.encode_line_reference(many, RESOURCE, *SCOPE)
+    assert enc.attrs.uncached == {"i"} and enc.attrs.by_key == {"r": {1: '{"key":"r","value":{"intValue":"1"}}',
+                                                                       0: '{"key":"r","value":{"intValue":"0"}}'}}
 
 
 def test_headers_syntax():

@@ -1,0 +1,67 @@
+"""The encoders' attribute cache: encoded ``KeyValue`` text or bytes, by key, then value.
+
+Most kernel attributes repeat (a drop reason, a device, a command, a CPU), so both
+encoders (``otlp_proto``, ``otlp_json``) keep each encoded attribute and reuse it. Some
+never repeat (durations in ns, lengths, sequence numbers): caching those only costs
+memory. The old cache, one dict by (key, value) cleared when 65536 entries were reached,
+let such values fill it: in the 1-hour soak the JSON encoder's cache reached its bound
+after 30-45 minutes, and the collector's RSS kept the step (+5 MB, docs/benchmarks.md
+section 7).
+
+So the cache is kept per key. A key whose values reach ``per_key_max`` distinct entries
+is not cached any more (its entries are freed, and it is written directly from then
+on); a key that repeats stays cached. Memory is bounded by ``keys_max`` keys of fewer
+than ``per_key_max`` entries each, and in practice is a few hundred entries.
+
+Only str and int values belong here (the caller checks ``v.__class__``): a bool would
+meet its int in a dict (``True == 1``), and ``1.0 == 1``.
+
+The hot path is inlined by the caller::
+
+    d = cache.by_key.get(k)
+    b = d.get(v) if d is not None else None
+    if b is None:
+        b = cache.miss(k, v)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T", str, bytes)
+
+PER_KEY_MAX = 256
+KEYS_MAX = 1024
+
+
+class AttrCache(Generic[T]):
+    def __init__(self, encode: Callable[[str, Any], T], per_key_max: int = PER_KEY_MAX,
+                 keys_max: int = KEYS_MAX):
+        self.by_key: dict[str, dict[Any, T]] = {}
+        self.uncached: set[str] = set()  # keys whose values did not repeat
+        self._encode = encode
+        self.per_key_max = per_key_max
+        self.keys_max = keys_max
+        self.clears = 0  # times keys_max was reached (everything forgotten)
+
+    def miss(self, k: str, v: Any) -> T:
+        """The encoded attribute, kept for the next time unless ``k`` does not repeat."""
+        b = self._encode(k, v)
+        if k in self.uncached:
+            return b
+        d = self.by_key.get(k)
+        if d is None:
+            if len(self.by_key) + len(self.uncached) >= self.keys_max:
+                self.by_key.clear()
+                self.uncached.clear()
+                self.clears += 1
+            d = self.by_key[k] = {}
+        elif len(d) >= self.per_key_max:
+            del self.by_key[k]
+            self.uncached.add(k)
+            return b
+        d[v] = b
+        return b
+
+    def entries(self) -> int:
+        return sum(len(d) for d in self.by_key.values())
