@@ -19,7 +19,9 @@ is documented in ``docs/analysis.md``; in short:
 * retransmits: reordering when DSACK/reorder counters account for the fast
   retransmits, loss by the share of timeouts and of retransmits nothing shows spurious;
   a tail loss probe (a retransmit the kernel sent in congestion state Open or CWR,
-  which the tcp family types ``unknown``) counts with the fast retransmits;
+  which the tcp family types ``unknown``) counts with the fast retransmits; one the
+  kernel did not send (``kernelnet.tcp.retransmit.err`` set) is evidence ``not_sent``
+  only, never loss;
   loss is discounted when a matched drop reason already explains it;
 * resets: conntrack_invalid_rst when a reset meets a conntrack INVALID counter jump
   or an RST for the un-NATed address, else no_socket_rst;
@@ -63,7 +65,8 @@ KERNEL_COLUMNS = (
     "destination.address", "destination.port", "kernelnet.drop.reason", "kernelnet.drop.location",
     "kernelnet.skb.len", "kernelnet.reclaim.type", "kernelnet.reclaim.nr_reclaimed", "kernelnet.cgroup.path",
     "kernelnet.softirq.vector", "kernelnet.softirq.wait_ns", "kernelnet.softirq.run_ns", "kernelnet.culprit.comm",
-    "kernelnet.culprit.pid", "kernelnet.culprit.ns", "kernelnet.tcp.retransmit.type", "kernelnet.tcp.cong_state",
+    "kernelnet.culprit.pid", "kernelnet.culprit.ns", "kernelnet.tcp.retransmit.type", "kernelnet.tcp.retransmit.err",
+    "kernelnet.tcp.cong_state",
     "kernelnet.tcp.reset.reason", "kernelnet.listen.address", "kernelnet.listen.queue_len",
     "kernelnet.listen.queue_limit", "kernelnet.netns.somaxconn", "kernelnet.counter.name", "kernelnet.counter.delta",
     "kernelnet.sock.rmem_alloc", "kernelnet.sock.rcvbuf", "kernelnet.sock.truesize", "kernelnet.sock.protocol",
@@ -288,14 +291,18 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
 
     # --- per-spike facts shared by retransmits, resets and listen overflow -------------------
     rtype = pl.col("kernelnet.tcp.retransmit.type")
-    is_rtx = (kind_col == sc.KIND_TCP_RETRANSMIT) & direct
+    any_rtx = (kind_col == sc.KIND_TCP_RETRANSMIT) & direct
+    # a retransmit the kernel did not send (err < 0, e.g. -EBUSY: the original still in this
+    # host's queues) lost nothing on the path: counted apart, as the lab's cross-check does
+    not_sent = any_rtx & (pl.col("kernelnet.tcp.retransmit.err").fill_null(0) != 0)
+    is_rtx = any_rtx & ~not_sent
     untyped = is_rtx & (rtype.fill_null("unknown") == "unknown")
     is_tlp = untyped & pl.col("kernelnet.tcp.cong_state").is_in(TLP_STATES).fill_null(False)
     facts = (e.group_by(_IDS).agg(
         fast=(is_rtx & (rtype == "fast")).sum(), timeout=(is_rtx & (rtype == "timeout")).sum(),
         loss_probe=is_tlp.sum(), unknown=(untyped & ~is_tlp).sum(),
         syn=(is_rtx & (rtype == "syn")).sum(), synack=(is_rtx & (rtype == "synack")).sum(),
-        rtx_strength=pl.col("strength").filter(is_rtx).max(),
+        not_sent=not_sent.sum(), rtx_strength=pl.col("strength").filter(any_rtx).max(),
         recovery=((kind_col == sc.KIND_TCP_CONG_STATE) & direct
                   & pl.col("kernelnet.tcp.cong_state").is_in(["Recovery", "Disorder"])).sum(),
         loss_state=((kind_col == sc.KIND_TCP_CONG_STATE) & direct & (pl.col("kernelnet.tcp.cong_state") == "Loss")).sum(),
@@ -331,7 +338,7 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
     rtx = facts.filter(pl.col("rtx_strength").is_not_null()).with_columns(reorder_ratio=r)
     rtx_ev = pl.struct(fast=pl.col("fast"), timeout=pl.col("timeout"), loss_probe=pl.col("loss_probe"),
                        unknown=pl.col("unknown"), syn=pl.col("syn"), synack=pl.col("synack"),
-                       dsack_recv=pl.col("c_dsack"), sack_reorder=pl.col("c_reorder"),
+                       not_sent=pl.col("not_sent"), dsack_recv=pl.col("c_dsack"), sack_reorder=pl.col("c_reorder"),
                        timeouts_counter=pl.col("c_timeouts"), recovery_events=pl.col("recovery"),
                        loss_events=pl.col("loss_state"), reorder_ratio=pl.col("reorder_ratio").round(2),
                        explained_by_drops=pl.col("explained_drops"))

@@ -52,9 +52,12 @@ class Run:
                         int(at_ms * MS), 0, None, "otel-kernelnet", "otel-kernelnet", self.k,
                         {"kernelnet.kind": kind, **{k.replace("__", "."): v for k, v in attrs.items()}})
 
-    def retransmit(self, req: tuple[str, str], at_ms: float, rtype: str, cong_state: str | None) -> None:
+    def retransmit(self, req: tuple[str, str], at_ms: float, rtype: str, cong_state: str | None,
+                   err: int | None = None) -> None:
         attrs = {"kernelnet.socket.cookie": COOKIE, "kernelnet.tcp.retransmit.type": rtype,
                  "network.connection.state": "established"}
+        if err is not None:
+            attrs["kernelnet.tcp.retransmit.err"] = err
         if cong_state is not None:
             attrs["kernelnet.tcp.cong_state"] = cong_state
         self.kernel(at_ms, "tcp.retransmit", req, **attrs)
@@ -63,7 +66,7 @@ class Run:
         self.kernel(at_ms, "counter", kernelnet__counter__name=name, kernelnet__counter__delta=delta)
 
 
-def _run(tail_state: str | None, dsack: int = 0, rto: bool = False) -> dict:
+def _run(tail_state: str | None, dsack: int = 0, rto: bool = False, rto_err: int | None = None) -> dict:
     """120 requests of 14-16 ms; two lose a segment to a SACK hole (fast retransmit, +10 ms:
     below the spike threshold, 2 x the median), one loses its tail (248 ms)."""
     r = Run()
@@ -78,7 +81,7 @@ def _run(tail_state: str | None, dsack: int = 0, rto: bool = False) -> dict:
             req = r.request(t, 248)
             r.retransmit(req, t + 236, "unknown", tail_state)  # the TLP: the tcp family types it unknown
             if rto:  # the probe was lost too: the RTO (Loss state) sends the tail a third time
-                r.retransmit(req, t + 240, "timeout", "Loss")
+                r.retransmit(req, t + 240, "timeout", "Loss", rto_err)
             if tail_state:
                 r.kernel(t + 240, "tcp.cong_state", req, kernelnet__socket__cookie=COOKIE, kernelnet__tcp__cong_state="CWR")
             r.counter(t + 240, "TcpExtTCPLossProbes", 1)
@@ -132,3 +135,17 @@ def test_probe_then_timeout_is_all_loss():
     cause = _run("Open", rto=True)["spikes"][0]["causes"][0]
     assert cause["kind"] == "loss_retransmit" and cause["confidence"] >= 0.9
     assert (cause["evidence"].get("loss_probe"), cause["evidence"]["timeout"]) == (1, 1)
+
+
+def test_a_retransmit_the_kernel_did_not_send_is_not_loss():
+    # the same RTO, refused by the kernel (-EBUSY, 16: the original still in this host's
+    # queues): nothing was lost on the path, so it neither adds to the loss share nor hides
+    # the TLP; it is reported as not sent (the lab's cross-check leaves such spans out too)
+    sent = _run("Open", dsack=1, rto=True)["spikes"][0]["causes"]
+    refused = _run("Open", dsack=1, rto=True, rto_err=-16)["spikes"][0]["causes"]
+    loss = {x["kind"]: x for x in sent}["loss_retransmit"]
+    loss_refused = {x["kind"]: x for x in refused}["loss_retransmit"]
+    assert (loss["evidence"]["timeout"], loss["evidence"]["not_sent"]) == (1, 0)
+    assert (loss_refused["evidence"]["timeout"], loss_refused["evidence"]["not_sent"]) == (0, 1)
+    # with the DSACK proving the probe spurious, only the timeout made it loss
+    assert loss["confidence"] >= 0.6 and loss_refused["confidence"] < 0.5
