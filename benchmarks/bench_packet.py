@@ -83,8 +83,9 @@ UNAVAILABLE = {
 class Tool:
     """A tool started before its window and stopped (by pid) after it."""
 
-    def __init__(self, name: str, tmp: Path, headers: str | None):
+    def __init__(self, name: str, tmp: Path, headers: str | None, args: tuple[str, ...] = ()):
         self.name, self.tmp, self.headers = name, tmp, headers
+        self.args = args  # more arguments of ``otel-kernelnet run`` (ours only)
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp / f"{name}.log"
         self.start_s = self.stop_s = 0.0
@@ -96,7 +97,7 @@ class Tool:
         pin = ["taskset", "-c", "1"]
         if self.name == "ours":
             return pin + [sys.executable, "-m", "otel_kernelnet.cli", "run", "--ready-file", str(ready),
-                          "--output", str(self.tmp / "data")], ready
+                          "--output", str(self.tmp / "data"), *self.args], ready
         if self.name == "softirqs":
             return pin + ["softirqs-bpfcc", "1", "3600"], None
         if self.name == "bpftrace":

@@ -18,6 +18,10 @@ from its final "stopped:" line: any of them is a failure whatever the ratio
 reported separately (they are counted, by design).
 
     .venv/bin/python benchmarks/bench_saturation.py [--loads tcp1,tcp2,udp64] [--rounds 5] [--window 5]
+        [--config FILE]
+
+``--config`` runs the collector with that configuration file instead of the defaults
+(e.g. to measure a lower lifecycle rate cap); the result line names it.
 
 Needs root and iperf3 (benchmarks/apt-packages.txt). Namespaces are removed and
 processes stopped by pid on every exit path.
@@ -96,6 +100,7 @@ def main() -> int:
     ap.add_argument("--loads", default="tcp1,tcp2,udp64")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--window", type=float, default=5.0)
+    ap.add_argument("--config", default=None, help="collector configuration file (default: none, the defaults)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_saturation: needs root (BPF, network namespaces)", file=sys.stderr)
@@ -111,7 +116,8 @@ def main() -> int:
     hdr = find_headers()
     try:
         with VethPair(f"{os.getpid()}") as net, tempfile.TemporaryDirectory(prefix="kn-bench-") as tmpd:
-            tool = Tool("ours", Path(tmpd), hdr.path if hdr else None)
+            tool = Tool("ours", Path(tmpd), hdr.path if hdr else None,
+                        ("--config", os.path.abspath(a.config)) if a.config else ())
             for load in loads:
                 run = (lambda: tcp_window(net, int(load[3:]), a.window)) if load.startswith("tcp") else \
                     (lambda: udp_window(net, a.window))
@@ -147,7 +153,7 @@ def main() -> int:
             stop(tool.proc, timeout=30)
         if hdr is not None:
             hdr.cleanup()
-    result("saturation", window_s=a.window, rounds=a.rounds, loads=figures)
+    result("saturation", window_s=a.window, rounds=a.rounds, config=a.config, loads=figures)
     return 0
 
 
