@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping
 from ..spans import KernelSpan
 from .attr_cache import PER_KEY_MAX, AttrCache
 
+EVENTS_MAX = 4096
+
 
 def any_value(v: Any) -> dict[str, Any]:
     if isinstance(v, bool):
@@ -95,7 +97,16 @@ def encode_line_reference(spans: Iterable[KernelSpan], resource: Mapping[str, An
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # same text as json.dumps(..., separators)
 
 
+_str = json.encoder.encode_basestring_ascii  # json.dumps's text of a str (ensure_ascii)
+
+
 def _kv_text(k: str, v: Any) -> str:
+    """``{"key":..,"value":{..}}`` as ``_dumps`` writes it; str and int values directly."""
+    t = v.__class__
+    if t is int:
+        return '{"key":' + _str(k) + ',"value":{"intValue":"' + str(v) + '"}}'
+    if t is str:
+        return '{"key":' + _str(k) + ',"value":{"stringValue":' + _str(v) + "}}"
     return _dumps({"key": k, "value": any_value(v)})
 
 
@@ -107,7 +118,7 @@ class Encoder:
     """
 
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
-                 per_key_max: int = PER_KEY_MAX):
+                 per_key_max: int = PER_KEY_MAX, events_max: int = EVENTS_MAX):
         self._head = ('{"resourceSpans":[{"resource":{"attributes":' + _dumps(key_values(resource))
                       + '},"scopeSpans":[{"scope":' + _dumps({"name": scope_name, "version": scope_version})
                       + ',"spans":[')
@@ -115,6 +126,31 @@ class Encoder:
         self._bools: dict[tuple[str, bool], str] = {}  # apart: (k, True) == (k, 1)
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
+        self._events: dict[tuple[str, tuple], str] = {}  # (name, attribute items) -> the event's text after its time
+        self._events_max = events_max
+        self.events_clears = 0
+
+    def _event(self, e) -> str:
+        """One event's text. Its name and attributes repeat (a CPU, a device, a reason), so
+        the text after ``timeUnixNano`` is cached when every value is a str or an int (a bool
+        would meet its int in the key: ``True == 1``, and ``1.0 == 1``)."""
+        items = tuple(e.attributes.items())
+        if all(v.__class__ is str or v.__class__ is int for _k, v in items):
+            rest = self._events.get((e.name, items))
+            if rest is None:
+                if len(self._events) >= self._events_max:
+                    self._events.clear()
+                    self.events_clears += 1
+                rest = self._events[(e.name, items)] = self._event_rest(e)
+        else:
+            rest = self._event_rest(e)
+        return '{"timeUnixNano":"' + str(e.time_ns) + '"' + rest
+
+    @staticmethod
+    def _event_rest(e) -> str:
+        text = _dumps({"timeUnixNano": "", "name": e.name,
+                       **({"attributes": key_values(e.attributes)} if e.attributes else {})})
+        return text[len('{"timeUnixNano":""'):]
 
     def _attrs(self, attrs: Mapping[str, Any]) -> str:
         by_key, bools = self.attrs.by_key, self._bools
@@ -149,9 +185,8 @@ class Encoder:
         if s.attributes:
             parts += (',"attributes":[', self._attrs(s.attributes), "]")
         if s.events:
-            parts.append(',"events":' + _dumps(
-                [{"timeUnixNano": str(e.time_ns), "name": e.name,
-                  **({"attributes": key_values(e.attributes)} if e.attributes else {})} for e in s.events]))
+            event = self._event
+            parts += (',"events":[', ",".join([event(e) for e in s.events]), "]")
         if s.links:
             parts.append(',"links":' + _dumps(
                 [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(),

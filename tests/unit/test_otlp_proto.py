@@ -162,11 +162,17 @@ def test_fast_json_equals_the_reference():
     a = otlp_json.encode_line(batch, RESOURCE, *SCOPE)
     assert a == otlp_json.encode_line_reference(batch, RESOURCE, *SCOPE)
     assert otlp_json.encode_line(batch, RESOURCE, *SCOPE) == a  # cached
-    enc = otlp_json.Encoder(RESOURCE, *SCOPE, per_key_max=4)
-    many = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "b": i % 2 == 0, "r": i % 2})
+    batch[0].attributes["non-ascii é"] = "ünïcode \ud800 \x00"
+    batch[0].attributes["big"] = -(1 << 63)
+    assert otlp_json.encode_line(batch, RESOURCE, *SCOPE) == otlp_json.encode_line_reference(batch, RESOURCE, *SCOPE)
+    enc = otlp_json.Encoder(RESOURCE, *SCOPE, per_key_max=4, events_max=4)
+    many = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "b": i % 2 == 0, "r": i % 2},
+                       events=[SpanEvent(i, "e", {"i": i}), SpanEvent(i + 1, "f", {"c": i % 2, "b": True}),
+                               SpanEvent(i + 2, "g", {"c": (i % 2 == 1) if i % 3 else i % 2})])
             for i in range(1, 30)]
     for _ in range(2):
         assert enc.encode_line(many) == otlp_json.encode_line_reference(many, RESOURCE, *SCOPE)
+    assert enc.events_clears > 0 and len(enc._events) <= 4
     assert enc.attrs.uncached == {"i"} and enc.attrs.by_key == {"r": {1: '{"key":"r","value":{"intValue":"1"}}',
                                                                        0: '{"key":"r","value":{"intValue":"0"}}'}}
 
