@@ -32,6 +32,7 @@ T = TypeVar("T", str, bytes)
 
 PER_KEY_MAX = 256
 KEYS_MAX = 1024
+EVENTS_MAX = 4096
 
 
 class AttrCache(Generic[T]):
@@ -65,3 +66,32 @@ class AttrCache(Generic[T]):
 
     def entries(self) -> int:
         return sum(len(d) for d in self.by_key.values())
+
+
+class EventCache(Generic[T]):
+    """An event's encoding without its time, by (name, attribute items).
+
+    Events repeat (a CPU, a device, a reason). Only events whose every value is a str or
+    an int are looked up and kept (a bool would meet its int in the key, ``True == 1``,
+    and ``1.0 == 1``). At most ``max_entries``; cleared when full (an event with a value
+    that never repeats, a culprit's ns, only churns this bounded dict).
+    """
+
+    def __init__(self, encode: Callable[[Any], T], max_entries: int = EVENTS_MAX):
+        self.entries: dict[tuple[str, tuple], T] = {}
+        self._encode = encode
+        self.max_entries = max_entries
+        self.clears = 0
+
+    def get(self, e: Any) -> T:
+        items = tuple(e.attributes.items())
+        if not all(v.__class__ is str or v.__class__ is int for _k, v in items):
+            return self._encode(e)
+        key = (e.name, items)
+        b = self.entries.get(key)
+        if b is None:
+            if len(self.entries) >= self.max_entries:
+                self.entries.clear()
+                self.clears += 1
+            b = self.entries[key] = self._encode(e)
+        return b

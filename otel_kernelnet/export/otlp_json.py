@@ -20,9 +20,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from ..spans import KernelSpan
-from .attr_cache import PER_KEY_MAX, AttrCache
-
-EVENTS_MAX = 4096
+from .attr_cache import EVENTS_MAX, PER_KEY_MAX, AttrCache, EventCache
 
 
 def any_value(v: Any) -> dict[str, Any]:
@@ -110,6 +108,13 @@ def _kv_text(k: str, v: Any) -> str:
     return _dumps({"key": k, "value": any_value(v)})
 
 
+def _event_rest(e: Any) -> str:
+    """An event's text after its ``"timeUnixNano":".."``: name, attributes, the brace."""
+    text = _dumps({"timeUnixNano": "", "name": e.name,
+                   **({"attributes": key_values(e.attributes)} if e.attributes else {})})
+    return text[len('{"timeUnixNano":""'):]
+
+
 class Encoder:
     """Writes ``encode_line``'s JSON text for one resource and scope, with caches.
 
@@ -126,31 +131,7 @@ class Encoder:
         self._bools: dict[tuple[str, bool], str] = {}  # apart: (k, True) == (k, 1)
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
-        self._events: dict[tuple[str, tuple], str] = {}  # (name, attribute items) -> the event's text after its time
-        self._events_max = events_max
-        self.events_clears = 0
-
-    def _event(self, e) -> str:
-        """One event's text. Its name and attributes repeat (a CPU, a device, a reason), so
-        the text after ``timeUnixNano`` is cached when every value is a str or an int (a bool
-        would meet its int in the key: ``True == 1``, and ``1.0 == 1``)."""
-        items = tuple(e.attributes.items())
-        if all(v.__class__ is str or v.__class__ is int for _k, v in items):
-            rest = self._events.get((e.name, items))
-            if rest is None:
-                if len(self._events) >= self._events_max:
-                    self._events.clear()
-                    self.events_clears += 1
-                rest = self._events[(e.name, items)] = self._event_rest(e)
-        else:
-            rest = self._event_rest(e)
-        return '{"timeUnixNano":"' + str(e.time_ns) + '"' + rest
-
-    @staticmethod
-    def _event_rest(e) -> str:
-        text = _dumps({"timeUnixNano": "", "name": e.name,
-                       **({"attributes": key_values(e.attributes)} if e.attributes else {})})
-        return text[len('{"timeUnixNano":""'):]
+        self.events = EventCache(_event_rest, events_max)  # (name, attribute items) -> text after the time
 
     def _attrs(self, attrs: Mapping[str, Any]) -> str:
         by_key, bools = self.attrs.by_key, self._bools
@@ -185,8 +166,9 @@ class Encoder:
         if s.attributes:
             parts += (',"attributes":[', self._attrs(s.attributes), "]")
         if s.events:
-            event = self._event
-            parts += (',"events":[', ",".join([event(e) for e in s.events]), "]")
+            rest = self.events.get
+            parts += (',"events":[', ",".join(['{"timeUnixNano":"' + str(e.time_ns) + '"' + rest(e)
+                                               for e in s.events]), "]")
         if s.links:
             parts.append(',"links":' + _dumps(
                 [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(),

@@ -31,9 +31,7 @@ import struct
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..spans import KernelSpan
-from .attr_cache import PER_KEY_MAX, AttrCache
-
-EVENTS_MAX = 4096
+from .attr_cache import EVENTS_MAX, PER_KEY_MAX, AttrCache, EventCache
 _U64 = (1 << 64) - 1
 
 # minimal varints for small values, precomputed (lengths of spans and attributes)
@@ -119,6 +117,11 @@ def attributes(tag: bytes, attrs: Mapping[str, Any]) -> bytes:
     return b"".join(_ld(tag, key_value(k, v)) for k, v in attrs.items())
 
 
+def _event_rest(e: Any) -> bytes:
+    """An ``Event``'s fields after its time: name (2) and attributes (3)."""
+    return _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
+
+
 class Encoder:
     """Encodes batches for one resource and scope; keeps the attribute cache.
 
@@ -133,10 +136,8 @@ class Encoder:
         self.attrs = AttrCache(_span_attr, per_key_max)  # str and int values
         self._bools: dict[tuple[str, bool], bytes] = {}  # only bools: (k, True) == (k, 1)
         self._names: dict[str, bytes] = {}
-        self._events: dict[tuple[str, tuple], bytes] = {}  # (name, attribute items) -> fields 2 and 3
-        self._events_max = events_max
+        self.events = EventCache(_event_rest, events_max)  # (name, attribute items) -> fields 2 and 3
         self._status: dict[tuple[int, str], bytes] = {}
-        self.events_clears = 0
 
     def span(self, s: KernelSpan) -> bytes:
         """The body of one ``Span`` message."""
@@ -166,22 +167,9 @@ class Encoder:
                 parts.append(b)
             else:
                 parts.append(_span_attr(k, v))
-        events = self._events
+        event_rest = self.events.get
         for e in s.events:
-            # an event's name and attributes repeat (a CPU number, a device, a reason): cached
-            # for str and int values only (a bool would meet its int in the key, True == 1,
-            # and 1.0 == 1: only such events are looked up, and stored)
-            items = tuple(e.attributes.items())
-            if all(v.__class__ is str or v.__class__ is int for _k, v in items):
-                rest = events.get((e.name, items))
-                if rest is None:
-                    if len(events) >= self._events_max:
-                        events.clear()
-                        self.events_clears += 1
-                    rest = events[(e.name, items)] = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
-            else:
-                rest = _ld(b"\x12", e.name.encode()) + attributes(b"\x1a", e.attributes)
-            body = b"\x09" + _FIXED64.pack(e.time_ns & _U64) + rest
+            body = b"\x09" + _FIXED64.pack(e.time_ns & _U64) + event_rest(e)
             parts.append(_ld(b"\x5a", body))
         for link in s.links:
             body = b"\x0a\x10" + link.trace_id + b"\x12\x08" + link.span_id

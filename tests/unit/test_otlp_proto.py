@@ -126,7 +126,7 @@ def test_empty_batch_and_bounded_cache():
     # values that do not repeat stop being cached; the ones that repeat stay
     assert enc.attrs.uncached == {"i", "s"} and sorted(enc.attrs.by_key) == ["r", "t"]
     assert enc.attrs.entries() == 4
-    assert enc.events_clears > 0 and len(enc._events) <= 8
+    assert enc.events.clears > 0 and len(enc.events.entries) <= 8
 
 
 def test_attr_cache_bounds():
@@ -172,7 +172,7 @@ def test_fast_json_equals_the_reference():
             for i in range(1, 30)]
     for _ in range(2):
         assert enc.encode_line(many) == otlp_json.encode_line_reference(many, RESOURCE, *SCOPE)
-    assert enc.events_clears > 0 and len(enc._events) <= 4
+    assert enc.events.clears > 0 and len(enc.events.entries) <= 4
     assert enc.attrs.uncached == {"i"} and enc.attrs.by_key == {"r": {1: '{"key":"r","value":{"intValue":"1"}}',
                                                                        0: '{"key":"r","value":{"intValue":"0"}}'}}
 
