@@ -13,20 +13,14 @@ is not cached any more (its entries are freed, and it is written directly from t
 on); a key that repeats stays cached. Memory is bounded by ``keys_max`` keys of fewer
 than ``per_key_max`` entries each, and in practice is a few hundred entries.
 
-Only str and int values belong here (the caller checks ``v.__class__``): a bool would
-meet its int in a dict (``True == 1``), and ``1.0 == 1``.
-
-The hot path is inlined by the caller::
-
-    d = cache.by_key.get(k)
-    b = d.get(v) if d is not None else None
-    if b is None:
-        b = cache.miss(k, v)
+Str and int values are cached per key; bools apart, by (key, value), since a bool would
+meet its int in a dict (``True == 1``); other values (floats: ``1.0 == 1``, lists) are
+encoded every time. ``encode(attrs)`` is the one loop both encoders call, once per span.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 T = TypeVar("T", str, bytes)
 
@@ -38,15 +32,36 @@ EVENTS_MAX = 4096
 class AttrCache(Generic[T]):
     def __init__(self, encode: Callable[[str, Any], T], per_key_max: int = PER_KEY_MAX,
                  keys_max: int = KEYS_MAX):
-        self.by_key: dict[str, dict[Any, T]] = {}
+        self.by_key: dict[str, dict[Any, T]] = {}  # str and int values
         self.uncached: set[str] = set()  # keys whose values did not repeat
+        self.bools: dict[tuple[str, bool], T] = {}  # at most two per key
         self._encode = encode
         self.per_key_max = per_key_max
         self.keys_max = keys_max
         self.clears = 0  # times keys_max was reached (everything forgotten)
 
-    def miss(self, k: str, v: Any) -> T:
-        """The encoded attribute, kept for the next time unless ``k`` does not repeat."""
+    def encode(self, attrs: Mapping[str, Any]) -> list[T]:
+        """Each attribute's encoding, in order (a hit costs two dict lookups)."""
+        by_key, bools, miss = self.by_key, self.bools, self._miss
+        out = []
+        for k, v in attrs.items():
+            t = v.__class__
+            if t is str or t is int:
+                d = by_key.get(k)
+                b = d.get(v) if d is not None else None
+                if b is None:
+                    b = miss(k, v)
+            elif t is bool:
+                b = bools.get((k, v))
+                if b is None:
+                    b = bools[(k, v)] = self._encode(k, v)
+            else:
+                b = self._encode(k, v)
+            out.append(b)
+        return out
+
+    def _miss(self, k: str, v: Any) -> T:
+        """A str or int value's encoding, kept for the next time unless ``k`` does not repeat."""
         b = self._encode(k, v)
         if k in self.uncached:
             return b
@@ -55,6 +70,7 @@ class AttrCache(Generic[T]):
             if len(self.by_key) + len(self.uncached) >= self.keys_max:
                 self.by_key.clear()
                 self.uncached.clear()
+                self.bools.clear()
                 self.clears += 1
             d = self.by_key[k] = {}
         elif len(d) >= self.per_key_max:
@@ -63,9 +79,6 @@ class AttrCache(Generic[T]):
             return b
         d[v] = b
         return b
-
-    def entries(self) -> int:
-        return sum(len(d) for d in self.by_key.values())
 
 
 class EventCache(Generic[T]):

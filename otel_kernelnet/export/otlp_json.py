@@ -127,30 +127,10 @@ class Encoder:
         self._head = ('{"resourceSpans":[{"resource":{"attributes":' + _dumps(key_values(resource))
                       + '},"scopeSpans":[{"scope":' + _dumps({"name": scope_name, "version": scope_version})
                       + ',"spans":[')
-        self.attrs = AttrCache(_kv_text, per_key_max)  # str and int values
-        self._bools: dict[tuple[str, bool], str] = {}  # apart: (k, True) == (k, 1)
+        self.attrs = AttrCache(_kv_text, per_key_max)
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
         self.events = EventCache(_event_rest, events_max)  # (name, attribute items) -> text after the time
-
-    def _attrs(self, attrs: Mapping[str, Any]) -> str:
-        by_key, bools = self.attrs.by_key, self._bools
-        out = []
-        for k, v in attrs.items():
-            t = v.__class__
-            if t is str or t is int:
-                d = by_key.get(k)
-                b = d.get(v) if d is not None else None
-                if b is None:
-                    b = self.attrs.miss(k, v)
-            elif t is bool:
-                b = bools.get((k, v))
-                if b is None:
-                    b = bools[(k, v)] = _kv_text(k, v)
-            else:
-                b = _kv_text(k, v)
-            out.append(b)
-        return ",".join(out)
 
     def span(self, s: KernelSpan) -> str:
         name = self._names.get(s.name)
@@ -164,7 +144,7 @@ class Encoder:
             parts.append(f',"kind":{int(s.kind)}')
         parts.append(f',"startTimeUnixNano":"{s.start_ns}","endTimeUnixNano":"{s.end_ns}"')
         if s.attributes:
-            parts += (',"attributes":[', self._attrs(s.attributes), "]")
+            parts += (',"attributes":[', ",".join(self.attrs.encode(s.attributes)), "]")
         if s.events:
             rest = self.events.get
             parts += (',"events":[', ",".join(['{"timeUnixNano":"' + str(e.time_ns) + '"' + rest(e)

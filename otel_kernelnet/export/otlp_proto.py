@@ -133,8 +133,7 @@ class Encoder:
         self._resource_field = _ld(b"\x0a", attributes(b"\x0a", resource))  # ResourceSpans.resource
         scope = _ld(b"\x0a", scope_name.encode()) + (_ld(b"\x12", scope_version.encode()) if scope_version else b"")
         self._scope_field = _ld(b"\x0a", scope)  # ScopeSpans.scope
-        self.attrs = AttrCache(_span_attr, per_key_max)  # str and int values
-        self._bools: dict[tuple[str, bool], bytes] = {}  # only bools: (k, True) == (k, 1)
+        self.attrs = AttrCache(_span_attr, per_key_max)
         self._names: dict[str, bytes] = {}
         self.events = EventCache(_event_rest, events_max)  # (name, attribute items) -> fields 2 and 3
         self._status: dict[tuple[int, str], bytes] = {}
@@ -151,22 +150,7 @@ class Encoder:
         if s.kind:
             parts.append(b"\x30" + varint(s.kind))
         parts.append(_TIMES.pack(0x39, s.start_ns & _U64, 0x41, s.end_ns & _U64))
-        by_key, bools = self.attrs.by_key, self._bools
-        for k, v in s.attributes.items():
-            t = v.__class__
-            if t is str or t is int:
-                d = by_key.get(k)
-                b = d.get(v) if d is not None else None
-                if b is None:
-                    b = self.attrs.miss(k, v)
-                parts.append(b)
-            elif t is bool:
-                b = bools.get((k, v))
-                if b is None:
-                    b = bools[(k, v)] = _span_attr(k, v)
-                parts.append(b)
-            else:
-                parts.append(_span_attr(k, v))
+        parts += self.attrs.encode(s.attributes)
         event_rest = self.events.get
         for e in s.events:
             body = b"\x09" + _FIXED64.pack(e.time_ns & _U64) + event_rest(e)

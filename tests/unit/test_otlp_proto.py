@@ -125,7 +125,7 @@ def test_empty_batch_and_bounded_cache():
     assert enc.encode(batch) == sdk_bytes(batch)  # from the cache, where cached
     # values that do not repeat stop being cached; the ones that repeat stay
     assert enc.attrs.uncached == {"i", "s"} and sorted(enc.attrs.by_key) == ["r", "t"]
-    assert enc.attrs.entries() == 4
+    assert sum(len(d) for d in enc.attrs.by_key.values()) == 4
     assert enc.events.clears > 0 and len(enc.events.entries) <= 8
 
 
@@ -133,16 +133,18 @@ def test_attr_cache_bounds():
     from otel_kernelnet.export.attr_cache import AttrCache
     calls = []
     c = AttrCache(lambda k, v: calls.append((k, v)) or f"{k}={v}", per_key_max=3, keys_max=4)
-    assert [c.miss("a", v) for v in (1, 2, 3)] == ["a=1", "a=2", "a=3"]
-    assert c.by_key["a"] == {1: "a=1", 2: "a=2", 3: "a=3"}
-    assert c.miss("a", 4) == "a=4" and "a" not in c.by_key and c.uncached == {"a"}  # freed
-    assert c.miss("a", 1) == "a=1" and "a" not in c.by_key  # written directly from then on
-    for k in "bcd":
-        c.miss(k, 0)
-    assert c.clears == 0 and len(c.by_key) == 3
-    c.miss("e", 0)  # a fifth key: everything forgotten, nothing unbounded
-    assert c.clears == 1 and c.by_key == {"e": {0: "e=0"}} and c.uncached == set()
-    assert len(calls) == 9
+    assert [c.encode({"a": v}) for v in (1, 2, 3, 1)] == [["a=1"], ["a=2"], ["a=3"], ["a=1"]]
+    assert c.by_key["a"] == {1: "a=1", 2: "a=2", 3: "a=3"} and len(calls) == 3  # the second 1: a hit
+    assert c.encode({"a": 4}) == ["a=4"] and "a" not in c.by_key and c.uncached == {"a"}  # freed
+    assert c.encode({"a": 1}) == ["a=1"] and "a" not in c.by_key  # written directly from then on
+    # a bool is kept apart from its int (True == 1), a float is never kept (1.0 == 1)
+    assert c.encode({"b": 1, "c": True, "d": 1.0}) == ["b=1", "c=True", "d=1.0"]
+    assert c.bools == {("c", True): "c=True"} and "d" not in c.by_key
+    assert c.encode({"c": 1, "b": True}) == ["c=1", "b=True"]
+    assert c.clears == 0 and sorted(c.by_key) == ["b", "c"]
+    c.encode({"e": 0, "f": 0})  # a fifth key: everything forgotten, nothing unbounded
+    assert c.clears == 1 and c.by_key == {"f": {0: "f=0"}} and c.uncached == set() and c.bools == {}
+    assert len(calls) == 12
 
 
 def test_varints_and_partial_success_reply():
