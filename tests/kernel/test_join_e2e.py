@@ -239,14 +239,23 @@ def test_kernel_spans_join_the_request_they_happened_in(topology, collector, rot
     # request of its own socket that it overlaps, not under the first one
     on_sockets = [s for s in spans if s["name"].startswith("kernel.") and s["resource"].get("service.name") == "otel-kernelnet"
                   and s["attributes"].get("kernelnet.socket.cookie") in (cc, sc)]
+    # (docs/join.md: a strictly overlapping request first, the innermost of them: latest
+    # start, then earliest end; only when none overlaps, the nearest within join.slack_us.
+    # A keep-alive request can start within the slack of a span that overlapped the one
+    # before it: that span stays with the one it overlapped.)
     slack = 1_000_000  # join.slack_us default
     for k in on_sockets:
         mine = cli_spans if k["attributes"]["kernelnet.socket.cookie"] == cc else srv_spans
-        over = [a for a in mine if a["start_ns"] - slack <= k["end_ns"] and a["end_ns"] + slack >= k["start_ns"]]
-        if over:
-            assert k["parent_span_id"] == over[-1]["span_id"] and k["trace_id"] == over[-1]["trace_id"], (k, over)
+        strict = [a for a in mine if a["start_ns"] <= k["end_ns"] and a["end_ns"] >= k["start_ns"]]
+        near = [a for a in mine if a["start_ns"] - slack <= k["end_ns"] and a["end_ns"] + slack >= k["start_ns"]]
+        if strict:
+            want = max(strict, key=lambda a: (a["start_ns"], -a["end_ns"]))
+        elif near:
+            want = min(near, key=lambda a: max(a["start_ns"] - k["end_ns"], k["start_ns"] - a["end_ns"]))
         else:
             assert k["parent_span_id"] is None, k
+            continue
+        assert k["parent_span_id"] == want["span_id"] and k["trace_id"] == want["trace_id"], (k, strict, near)
     under = {s["parent_span_id"] for s in on_sockets}
     assert under & {cli_spans[0]["span_id"]} and under & {cli_spans[3]["span_id"]} and under & {srv_spans[3]["span_id"]}
     assert "join: " in c.text() and "by cookie" in c.text()
