@@ -7,11 +7,12 @@ from a compile is small: each function's instructions, the maps they reference a
 the license. So bcc runs in a child process (:class:`CompileWorker`), which sends
 back that much (:func:`image_from_bcc`); the image is kept in an on-disk cache keyed
 by everything that decides the bytecode (:class:`ObjectCache`: a restart compiles
-nothing); and the collector creates the maps, loads, attaches and reads the image
-through ``libbcc_bpf.so.0`` — bcc's own C wrapper of the ``bpf()`` system call and of
-libbpf's ring buffer, from the same Debian packages as bcc, without LLVM
-(:class:`BpfObject`). Every object takes this path, compiled now or cached, so there
-is one run-time path.
+nothing); and the collector creates the maps, loads and attaches the image through
+``libbcc_bpf.so.0`` — bcc's own C wrapper of the ``bpf()`` system call, from the same
+Debian packages as bcc, without LLVM (:class:`BpfObject`) — and reads the ring
+buffers through their mapped pages (:class:`MmapRing`; libbpf's reader where that is
+not safe). Every object takes this path, compiled now or cached, so there is one
+run-time path.
 
 Relocation: bcc creates a function's maps while compiling and writes their file
 descriptors into the ``ld_imm64`` instructions that reference them
@@ -29,6 +30,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import mmap
 import os
 import re
 import stat
@@ -658,17 +660,122 @@ def _attach_fd(fn: Callable[..., int], *args: Any) -> int:
     return fd
 
 
-class RingBuffers:
-    """All ring buffers of all objects behind one libbpf ``ring_buffer`` (one consume
-    call drains every one; it returns how many records it passed to the callbacks)."""
+# BPF ring buffer layout (include/uapi/linux/bpf.h, kernel/bpf/ringbuf.c; UAPI): the map
+# fd maps a consumer page (read-write: consumer_pos at 0), then read-only a producer
+# page (producer_pos at 0) followed by the data area mapped twice in a row, so a record
+# that wraps is contiguous. Each record: u32 length with the BUSY and DISCARD bits,
+# u32 page offset, the sample, padded to 8 bytes.
+_RB_BUSY = 1 << 31
+_RB_DISCARD = 1 << 30
+_RB_LEN = _RB_DISCARD - 1
+_RB_HDR = 8
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+READER_ENV = "OTEL_KERNELNET_RINGBUF_READER"  # "mmap" or "libbpf": force a reader
 
-    def __init__(self) -> None:
+
+def default_reader() -> str:
+    """``mmap`` on x86-64, ``libbpf`` elsewhere (or as ``READER_ENV`` says).
+
+    The mmap reader reads the positions and record headers with plain loads and writes
+    the consumer position with a plain aligned 8-byte store. On x86-64 (total store
+    order) those order exactly as libbpf's ``smp_load_acquire``/``smp_store_release``;
+    on weaker memory models (arm64) they do not, so libbpf reads there."""
+    forced = os.environ.get(READER_ENV, "").strip().lower()
+    if forced in ("mmap", "libbpf"):
+        return forced
+    return "mmap" if os.uname().machine in ("x86_64", "amd64") else "libbpf"
+
+
+class MmapRing:
+    """One ring buffer map, read through its own mapped pages by the calling thread.
+
+    What libbpf's ``ring_buffer__consume`` does, without a C callback per record: with
+    libbpf each record crosses ctypes (a callback object, the GIL taken and given back
+    while another thread may hold it, ``string_at``); here a drain is one Python loop
+    that holds the GIL, copies each sample out of the mapping (``bytes``) and passes it
+    on. The consumer position is advanced before the callback, as soon as the sample is
+    copied, so the kernel can reuse the space at once. A record still being written
+    (BUSY) ends the drain; discarded records are skipped. One call reads at most one
+    ring's worth of bytes, so a producer faster than the callbacks cannot keep it
+    looping: the collector's loop drains again a poll interval later.
+    """
+
+    def __init__(self, m: BpfMap, callback: Callable[[bytes], None]):
+        page = mmap.PAGESIZE
+        size = m.max_entries
+        if size <= 0 or size & (size - 1) or size % page:
+            raise BpfObjectError(f"ring buffer {m.name}: size {size} is not a power-of-2 multiple of the page size")
+        self.name = m.name
+        self._page, self._size, self._mask = page, size, size - 1
+        self._callback = callback
+        try:
+            self._cons_map = mmap.mmap(m.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        except OSError as e:
+            raise BpfObjectError(f"mapping ring buffer {m.name} (consumer page) failed: {e}") from None
+        try:
+            self._data = mmap.mmap(m.fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except OSError as e:
+            self._cons_map.close()
+            raise BpfObjectError(f"mapping ring buffer {m.name} (data) failed: {e}") from None
+        self._cons = ctypes.c_uint64.from_buffer(self._cons_map)  # one aligned 8-byte store per write
+
+    def consume(self) -> int:
+        """Pass every complete record to the callback; how many were passed."""
+        data, cons_ref, callback = self._data, self._cons, self._callback
+        base, mask = self._page, self._mask
+        u32, u64 = _U32.unpack_from, _U64.unpack_from
+        cons = cons_ref.value
+        limit = cons + self._size
+        n = 0
+        while cons < limit:
+            prod = u64(data, 0)[0]
+            if cons >= prod:
+                break
+            while cons < prod:
+                off = base + (cons & mask)
+                hdr = u32(data, off)[0]
+                if hdr & _RB_BUSY:
+                    return n
+                length = hdr & _RB_LEN
+                sample = None if hdr & _RB_DISCARD else data[off + _RB_HDR:off + _RB_HDR + length]
+                cons += (length + _RB_HDR + 7) & ~7
+                cons_ref.value = cons
+                if sample is not None:
+                    n += 1
+                    callback(sample)
+        return n
+
+    def close(self) -> None:
+        self._cons = None  # the ctypes view holds an export of the mapping: release it first
+        self._cons_map.close()
+        self._data.close()
+
+
+class RingBuffers:
+    """All ring buffers of all objects; one consume call drains every one and returns
+    how many records it passed to the callbacks (``callback(sample: bytes)``, which must
+    not raise). Read by :class:`MmapRing` or, where that is not safe (see
+    :func:`default_reader`), by libbpf's ``ring_buffer`` through ``libbcc_bpf``."""
+
+    def __init__(self, reader: str | None = None) -> None:
+        self.reader = reader or default_reader()
+        if self.reader not in ("mmap", "libbpf"):
+            raise ValueError(f"unknown ring buffer reader {self.reader!r}")
+        self._rings: list[MmapRing] = []
         self._mgr: int | None = None
         self._callbacks: list[Any] = []  # ctypes keeps no reference of its own
 
-    def add(self, m: BpfMap, callback: Callable[[Any, Any, int], int]) -> None:
-        """``callback(ctx, data, size) -> 0`` per record, called by libbpf directly."""
-        cb = RingCallback(callback)
+    def add(self, m: BpfMap, callback: Callable[[bytes], None]) -> None:
+        if self.reader == "mmap":
+            self._rings.append(MmapRing(m, callback))
+            return
+
+        def one(_ctx: Any, data: Any, size: int, _cb: Callable[[bytes], None] = callback) -> int:
+            _cb(ctypes.string_at(data, size))
+            return 0
+
+        cb = RingCallback(one)
         lib = library()
         if self._mgr is None:
             mgr = lib.bpf_new_ringbuf(m.fd, cb, None)
@@ -680,11 +787,17 @@ class RingBuffers:
         self._callbacks.append(cb)
 
     def consume(self) -> int:
-        if self._mgr is None:
-            return 0
-        return max(0, library().bpf_consume_ringbuf(self._mgr))
+        n = 0
+        for ring in self._rings:
+            n += ring.consume()
+        if self._mgr is not None:
+            n += max(0, library().bpf_consume_ringbuf(self._mgr))
+        return n
 
     def close(self) -> None:
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
         if self._mgr is not None:
             library().bpf_free_ringbuf(self._mgr)
             self._mgr = None

@@ -323,9 +323,9 @@ class Loader:
             raise LoaderError(f"attaching {fn_name} to tracepoint {tracepoint} failed: {e}") from None
         prog.attached.append((tracepoint, fn_name))
 
-    def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[Any, Any, int], int]) -> None:
-        """``callback(ctx, data_pointer, size)`` for each record of ``map_name``, called
-        by libbpf as is (no wrapper frame per record); it returns 0."""
+    def open_ring_buffer(self, prog: Program, map_name: str, callback: Callable[[bytes], None]) -> None:
+        """``callback(sample)`` for each record of ``map_name`` (a copy, ``bytes``), in
+        :meth:`consume`; it must not raise (bpfobj.RingBuffers)."""
         table = prog.map(map_name)
         try:
             self._rings.add(table, callback)
@@ -363,8 +363,7 @@ class Loader:
 
     def consume(self) -> int:
         """Drain every open ring buffer now; the number of records drained (most are
-        written without a wake-up: see :meth:`wait`). One libbpf ``ring_buffer__consume``
-        over all of them, which returns the count, so nothing is counted per record."""
+        written without a wake-up: see :meth:`wait`)."""
         return self._rings.consume()
 
     @staticmethod

@@ -118,13 +118,13 @@ class _Prog:
 class ReplayLoader:
     """Stands in for :class:`otel_kernelnet.loader.Loader`: nothing is compiled or attached;
     :meth:`push` hands a raw record to the ring-buffer callback the family registered, as
-    libbpf does when it drains a ring buffer. Its stats say how many records each family got."""
+    the loader's ring buffer reader does. Its stats say how many records each family got."""
 
     headers = None
 
     def __init__(self, tap: Callable[[str, bytes], None] | None = None) -> None:
         self.programs: dict[str, _Prog] = {}
-        self._callbacks: dict[str, Callable[[Any, Any, int], int]] = {}
+        self._callbacks: dict[str, Callable[[bytes], None]] = {}
         self._tap = tap
 
     def compile(self, name: str, source_file: str, defines: dict) -> _Prog:
@@ -134,16 +134,15 @@ class ReplayLoader:
     def attach(self, prog: _Prog, tracepoint: str, fn_name: str) -> None:
         prog.attached.append((tracepoint, fn_name))
 
-    def open_ring_buffer(self, prog: _Prog, map_name: str, callback: Callable[[Any, Any, int], int]) -> None:
+    def open_ring_buffer(self, prog: _Prog, map_name: str, callback: Callable[[bytes], None]) -> None:
         self._callbacks[prog.name] = callback
 
     def push(self, family: str, record: ctypes.Structure) -> None:
         raw = bytes(record)
         if self._tap is not None:
             self._tap(family, raw)
-        buf = ctypes.create_string_buffer(raw, len(raw))
         self.programs[family].records += 1
-        self._callbacks[family](None, buf, len(raw))
+        self._callbacks[family](raw)
 
     def consume(self) -> None:  # records are pushed synchronously
         pass

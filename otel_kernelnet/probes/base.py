@@ -9,7 +9,6 @@ calls ``emit(span)`` for each span; ``stats()`` returns its loss/volume counters
 
 from __future__ import annotations
 
-import ctypes
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -103,13 +102,12 @@ class RingBufferProbe:
             for inode in scope_netns:
                 table.set(inode, 1)
 
-        def cb(_ctx: Any, data: Any, size: int) -> int:  # libbpf's ring buffer callback
+        def cb(sample: bytes) -> None:  # the ring buffer reader's callback, per record
             try:
-                on_event(decode(ctypes.string_at(data, size)))
+                on_event(decode(sample))
             except Exception as e:  # a bad record must not stop the stream; count it
                 self.decode_errors += 1
                 on_error(e)
-            return 0
 
         loader.open_ring_buffer(self.prog, ring_buffer, cb)
         for tracepoint, fn in attach:

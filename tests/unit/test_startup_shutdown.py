@@ -337,7 +337,7 @@ class PipeObject:
 
 
 class FakeRings:
-    """Stands in for bpfobj.RingBuffers (libbpf's ring_buffer wants a real map)."""
+    """Stands in for bpfobj.RingBuffers (a ring buffer reader wants a real map)."""
 
     def __init__(self):
         self.added: list = []
@@ -360,7 +360,7 @@ def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
     loader._rings = FakeRings()
     prog = Program("fam", PipeObject(ring))
     assert loader.wait(0.01) is None  # no ring buffer open: nothing to block on
-    loader.open_ring_buffer(prog, "kn_events", lambda ctx, data, size: 0)
+    loader.open_ring_buffer(prog, "kn_events", lambda sample: None)
     assert [name for name, _cb in loader._rings.added] == ["kn_events"]
     t0 = time.monotonic()
     assert loader.wait(0.05) is False and time.monotonic() - t0 >= 0.04  # timed out
