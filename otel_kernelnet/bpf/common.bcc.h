@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0
  * Shared by every probe family's .bpf.c (bcc-only: it declares maps): the per-CPU
- * per-second rate cap and the per-CPU volume/loss counters. Each family is compiled
- * as its own BPF object, so these map names are the same in every family without
- * clashing; the Python side reads them as "kn_stats" (probes/base.py).
- * The including file defines KN_STATS_MAX (number of counters) and KN_RATE_LIMIT.
+ * and node-wide per-second rate caps and the per-CPU volume/loss counters. Each
+ * family is compiled as its own BPF object, so these map names are the same in every
+ * family without clashing; the Python side reads them as "kn_stats" (probes/base.py).
+ * The including file defines KN_STATS_MAX (number of counters) and KN_RATE_LIMIT;
+ * the plan's -D gives KN_RATE_LIMIT_NODE (0 or absent: no node-wide cap).
  *
  * Scope (sidecar mode): with -D KN_SCOPE_NETNS=1, kn_in_scope() accepts only the
  * network namespaces whose inode the user side put into kn_scope; events of other
@@ -49,7 +50,24 @@ static __always_inline u64 kn_wake(void)
 	return BPF_RB_FORCE_WAKEUP;
 }
 
-/* 1 while this CPU has emitted fewer than KN_RATE_LIMIT records this second */
+/* Node-wide: at most KN_RATE_LIMIT_NODE records per second from all CPUs together
+ * (0: no such cap). The per-CPU caps add up with the CPU count (64 CPUs x 10,000
+ * drops/s is far more than one collector turns into spans, and the excess would be
+ * lost in full ring buffers instead of counted here). One shared slot: the count is
+ * read, then added to atomically (plain XADD, no fetch: any -mcpu), so CPUs racing at
+ * the cap may pass it by a few records; the new second's reset is plain stores, so an
+ * add racing with it may be lost. A bound on load, not an exact count. Only records
+ * that passed the per-CPU cap touch the shared line (the ring buffer's reserve right
+ * after takes a shared lock anyway). */
+#ifndef KN_RATE_LIMIT_NODE
+#define KN_RATE_LIMIT_NODE 0
+#endif
+#if KN_RATE_LIMIT_NODE
+BPF_ARRAY(kn_rate_node, struct kn_rate, 1);
+#endif
+
+/* 1 while this CPU has emitted fewer than KN_RATE_LIMIT records this second (and the
+ * node fewer than KN_RATE_LIMIT_NODE) */
 static __always_inline int kn_rate_ok(u64 now)
 {
 	int zero = 0;
@@ -63,6 +81,18 @@ static __always_inline int kn_rate_ok(u64 now)
 	}
 	if (r->count >= KN_RATE_LIMIT)
 		return 0;
+#if KN_RATE_LIMIT_NODE
+	struct kn_rate *n = kn_rate_node.lookup(&zero);
+	if (!n)
+		return 0;
+	if (n->window != window) {
+		n->window = window;
+		n->count = 0;
+	}
+	if (n->count >= KN_RATE_LIMIT_NODE)
+		return 0;
+	__sync_fetch_and_add(&n->count, 1);
+#endif
 	r->count++;
 	return 1;
 }

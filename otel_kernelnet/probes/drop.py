@@ -105,7 +105,7 @@ def btf_offsets(btf: object | None) -> tuple[dict[str, int], list[str]]:
 
 
 def plan(fmt: TracepointFormat | None = None, btf: object | None = None,
-         rate_limit: int = 10000, ringbuf_pages: int = 64) -> Plan:
+         rate_limit: int = 10000, ringbuf_pages: int = 64, rate_limit_node: int = 10000) -> Plan:
     """Decide how the probe runs on this kernel (pure: give it fmt and btf to test)."""
     if fmt is None:
         try:
@@ -139,6 +139,7 @@ def plan(fmt: TracepointFormat | None = None, btf: object | None = None,
     if why:
         p.fallbacks.append(why)
     d["KN_RATE_LIMIT"] = int(rate_limit)
+    d["KN_RATE_LIMIT_NODE"] = int(rate_limit_node)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     return p
 
@@ -188,7 +189,7 @@ class DropFamily(ProbeFamily):
 
     def plan(self, ctx: KernelContext) -> Plan:
         return plan(btf=ctx.btf, rate_limit=ctx.cfg["probes.drop.rate_limit_per_cpu"],
-                    ringbuf_pages=ctx.cfg["ringbuf.pages"])
+                    rate_limit_node=ctx.cfg["probes.drop.rate_limit_per_node"], ringbuf_pages=ctx.cfg["ringbuf.pages"])
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         def on_event(ev: DropEvent) -> None:

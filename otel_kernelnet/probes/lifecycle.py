@@ -184,7 +184,8 @@ def btf_offsets(btf: Any | None) -> tuple[dict[str, int], list[str]]:
 
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
          slow_threshold_us: int = 1000, sample_one_in: int = 0, rate_limit: int = 2000,
-         ringbuf_pages: int = 64, max_in_flight: int = 16384, max_watched: int = 4096) -> Plan:
+         ringbuf_pages: int = 64, max_in_flight: int = 16384, max_watched: int = 4096,
+         rate_limit_node: int = 4000) -> Plan:
     """Decide how the family runs on this kernel (pure: give it formats and btf to test)."""
     if formats is None:
         formats = read_formats()
@@ -241,7 +242,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
         if why:
             fallbacks.append(why)
     d.update(KN_SLOW_NS=int(slow_threshold_us) * 1000, KN_SAMPLE_N=int(sample_one_in),
-             KN_RATE_LIMIT=int(rate_limit), KN_RINGBUF_PAGES=int(ringbuf_pages),
+             KN_RATE_LIMIT=int(rate_limit), KN_RATE_LIMIT_NODE=int(rate_limit_node), KN_RINGBUF_PAGES=int(ringbuf_pages),
              KN_LIFE_BITS=slot_bits(max_in_flight), KN_WATCH_MAX=int(max_watched))
     return Plan(usable, d, degraded, reasons, fallbacks)
 
@@ -417,6 +418,7 @@ class LifecycleFamily(ProbeFamily):
         return plan(btf=ctx.btf, slow_threshold_us=c["probes.lifecycle.slow_threshold_us"],
                     sample_one_in=c["probes.lifecycle.sample_one_in"],
                     rate_limit=c["probes.lifecycle.rate_limit_per_cpu"], ringbuf_pages=c["ringbuf.pages"],
+                    rate_limit_node=c["probes.lifecycle.rate_limit_per_node"],
                     max_in_flight=c["probes.lifecycle.max_in_flight"], max_watched=c["probes.lifecycle.max_watched"])
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:

@@ -229,7 +229,7 @@ def read_formats(tracefs_root: str | None = None) -> dict[str, TracepointFormat 
 
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
          cgroup: cgroups.Setup | None = None, rate_limit: int = 1000, ringbuf_pages: int = 64,
-         scope: scope_mod.CgroupScope | None = None) -> Plan:
+         scope: scope_mod.CgroupScope | None = None, rate_limit_node: int = 2000) -> Plan:
     """Decide how the family runs here (pure: give it formats, btf, the cgroup setup
     and the cgroup scope, see otel_kernelnet/scope.py)."""
     if formats is None:
@@ -297,6 +297,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
         degraded.append(f"reclaim {scope_mod.describe_cgroup(scope)}: it reports every task's stalls, kswapd "
                         "runs and zone watermarks of the node (set scope.cgroup, or disable probes.reclaim here)")
     d["KN_RATE_LIMIT"] = int(rate_limit)
+    d["KN_RATE_LIMIT_NODE"] = int(rate_limit_node)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     return Plan(groups, gfp_table, throttle_table, cgroup, d, degraded, scope)
 
@@ -440,6 +441,7 @@ class ReclaimFamily(ProbeFamily):
         except scope_mod.ScopeError as e:
             raise ProbeUnavailable(str(e)) from None
         return plan(btf=ctx.btf, cgroup=cgroups.detect(), rate_limit=ctx.cfg["probes.reclaim.rate_limit_per_cpu"],
+                    rate_limit_node=ctx.cfg["probes.reclaim.rate_limit_per_node"],
                     ringbuf_pages=ctx.cfg["ringbuf.pages"], scope=scope)
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:

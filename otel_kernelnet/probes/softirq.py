@@ -144,7 +144,7 @@ def _ok(fmt: TracepointFormat, tp: Tracepoint) -> list[str]:
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
          rps_func: int | None = None, cgroup: cgroups.Setup | None = None,
          wait_threshold_ms: float = 1.0, run_threshold_ms: float = 1.0, rate_limit: int = 1000,
-         ringbuf_pages: int = 64, max_cpus: int | None = None) -> Plan:
+         ringbuf_pages: int = 64, max_cpus: int | None = None, rate_limit_node: int = 2000) -> Plan:
     """Decide how the family runs here (pure: give it formats, btf, the address of
     ``rps_trigger_softirq`` and the cgroup setup to test)."""
     if formats is None:
@@ -194,6 +194,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
     d["KN_WAIT_THRESHOLD_NS"] = int(wait_threshold_ms * 1_000_000)
     d["KN_RUN_THRESHOLD_NS"] = int(run_threshold_ms * 1_000_000)
     d["KN_RATE_LIMIT"] = int(rate_limit)
+    d["KN_RATE_LIMIT_NODE"] = int(rate_limit_node)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     d["KN_MAX_CPUS"] = int(max_cpus or possible_cpus())
     return Plan(usable, vectors, cgroup, d, degraded, fallbacks)
@@ -428,7 +429,8 @@ class SoftirqFamily(ProbeFamily):
         return plan(btf=ctx.btf, rps_func=rps, cgroup=cgroups.detect(),
                     wait_threshold_ms=c["probes.softirq.wait_threshold_ms"],
                     run_threshold_ms=c["probes.softirq.run_threshold_ms"],
-                    rate_limit=c["probes.softirq.rate_limit_per_cpu"], ringbuf_pages=c["ringbuf.pages"])
+                    rate_limit=c["probes.softirq.rate_limit_per_cpu"], ringbuf_pages=c["ringbuf.pages"],
+                    rate_limit_node=c["probes.softirq.rate_limit_per_node"])
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         self.plan_ = plan_

@@ -258,7 +258,7 @@ def btf_offsets(btf: Any | None) -> tuple[dict[str, int], dict[int, str], list[s
 
 def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any | None = None, *,
          rate_limit: int = 10000, ringbuf_pages: int = 64, close_events: bool = False,
-         connect_pending: int = 16384) -> Plan:
+         connect_pending: int = 16384, rate_limit_node: int = 10000) -> Plan:
     """Decide how the family runs on this kernel (pure: give it formats and btf to test).
 
     ``formats`` maps a tracepoint key (RTX, SRST, ...) to its format, None or absent
@@ -336,6 +336,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
                   ca_states=ca_names,
                   mem_kinds=dict(exb.symbols.get("kind", {})) if exb else {})
     d["KN_RATE_LIMIT"] = int(rate_limit)
+    d["KN_RATE_LIMIT_NODE"] = int(rate_limit_node)
     d["KN_RINGBUF_PAGES"] = int(ringbuf_pages)
     d["KN_CLOSE_EVENTS"] = 1 if close_events else 0
     d["KN_CONNECT_PENDING"] = int(connect_pending)
@@ -486,7 +487,7 @@ class TcpFamily(ProbeFamily):
 
     def plan(self, ctx: KernelContext) -> Plan:
         return plan(btf=ctx.btf, rate_limit=ctx.cfg["probes.tcp.rate_limit_per_cpu"],
-                    ringbuf_pages=ctx.cfg["ringbuf.pages"], close_events=ctx.cfg["probes.tcp.close_events"])
+                    rate_limit_node=ctx.cfg["probes.tcp.rate_limit_per_node"], ringbuf_pages=ctx.cfg["ringbuf.pages"], close_events=ctx.cfg["probes.tcp.close_events"])
 
     def start(self, loader, plan_: Plan, ctx: KernelContext, emit: Emit, on_error: OnError) -> None:
         def on_event(ev: TcpEvent) -> None:

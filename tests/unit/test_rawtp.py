@@ -119,6 +119,14 @@ def test_slot_table_is_a_power_of_two_covering_twice_max_in_flight():
     assert "KN_LIFE_MAX" not in lifecycle.plan(formats, None).defines
 
 
+def test_lifecycle_and_drop_plans_write_both_rate_caps():
+    formats = {tp.key: _fmt(tp.category, tp.name) for tp in lifecycle.TRACEPOINTS}
+    d = lifecycle.plan(formats, None, rate_limit=17, rate_limit_node=301).defines
+    assert (d["KN_RATE_LIMIT"], d["KN_RATE_LIMIT_NODE"]) == (17, 301)
+    d = drop.plan(_fmt("skb", "kfree_skb"), None, rate_limit=19, rate_limit_node=0).defines
+    assert (d["KN_RATE_LIMIT"], d["KN_RATE_LIMIT_NODE"]) == (19, 0)
+
+
 def test_drop_plan_raw_needs_skb_protocol_from_btf(btf):
     fmt = _fmt("skb", "kfree_skb")
     p = drop.plan(fmt, btf)  # the blob's sk_buff has no 'protocol' member

@@ -37,13 +37,14 @@ def test_record_layout_equals_the_c_compilers(tmp_path):
 
 
 def test_plan_offsets_and_names_from_the_running_kernels_formats():
-    p = reclaim.plan(formats(), EnumBTF(), rate_limit=5)
+    p = reclaim.plan(formats(), EnumBTF(), rate_limit=5, rate_limit_node=11)
     d = p.defines
     assert p.degraded == []
     assert (d["KN_TP_DIRECT_BEGIN_ORDER"], d["KN_TP_DIRECT_BEGIN_GFP_FLAGS"], d["KN_TP_DIRECT_END_NR_RECLAIMED"]) == (8, 16, 8)
     assert (d["KN_TP_KSWAPD_WAKE_NID"], d["KN_TP_KSWAPD_WAKE_ZID"], d["KN_TP_KSWAPD_WAKE_ORDER"]) == (8, 12, 16)
     assert (d["KN_TP_THROTTLE_USEC_DELAYED"], d["KN_TP_THROTTLE_REASON"]) == (16, 20)
     assert all(d[f"KN_HAVE_{g}"] == 1 for g in ("DIRECT", "MEMCG", "KSWAPD", "THROTTLE")) and d["KN_RATE_LIMIT"] == 5
+    assert d["KN_RATE_LIMIT_NODE"] == 11
     # 6.18: GFP_KERNEL = __GFP_RECLAIM (bits 10, 11) | __GFP_IO (6) | __GFP_FS (7) = 0xcc0
     assert p.gfp_name(0xCC0) == "GFP_KERNEL"
     assert p.gfp_name(0xCC0 | 1 << 22) == "GFP_KERNEL_ACCOUNT"

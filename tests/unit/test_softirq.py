@@ -35,7 +35,7 @@ def test_record_layout_equals_the_c_compilers(tmp_path):
 
 def test_plan_takes_offsets_and_vectors_from_the_format_files():
     p = softirq.plan(formats(), rps_func=0xFFFFFFFF81E5FD40, wait_threshold_ms=2, run_threshold_ms=0.5,
-                     rate_limit=7, max_cpus=2)
+                     rate_limit=7, max_cpus=2, rate_limit_node=13)
     d = p.defines
     assert p.degraded == []
     assert (d["KN_VEC_NET_RX"], d["KN_VEC_NET_TX"]) == (3, 2)
@@ -45,7 +45,7 @@ def test_plan_takes_offsets_and_vectors_from_the_format_files():
     assert (d["KN_TP_CSDQ_CPU"], d["KN_TP_CSDQ_FUNC"], d["KN_TP_CSDE_FUNC"]) == (8, 24, 8)
     assert d["KN_HAVE_IPI"] == 1 and d["KN_RPS_FUNC"] == "0xffffffff81e5fd40ULL"
     assert (d["KN_WAIT_THRESHOLD_NS"], d["KN_RUN_THRESHOLD_NS"]) == (2_000_000, 500_000)
-    assert (d["KN_RATE_LIMIT"], d["KN_MAX_CPUS"], d["KN_CGROUP_MODE"]) == (7, 2, 0)
+    assert (d["KN_RATE_LIMIT"], d["KN_RATE_LIMIT_NODE"], d["KN_MAX_CPUS"], d["KN_CGROUP_MODE"]) == (7, 13, 2, 0)
     assert p.vector_name(3) == "NET_RX" and p.vector_name(42) == "unknown:42"
     assert [tp.key for tp in p.attach] == ["RAISE", "ENTRY", "EXIT", "SWITCH", "WAKING", "NAPI", "CSDQ", "CSDE"]
 

@@ -70,7 +70,7 @@ def synthetic_btf() -> BTF:
 
 # --- plan ----------------------------------------------------------------------------
 def test_plan_on_this_kernel_takes_every_offset_and_name_from_the_formats_and_btf():
-    p = tcp.plan(formats(), synthetic_btf(), rate_limit=77, ringbuf_pages=32, close_events=True)
+    p = tcp.plan(formats(), synthetic_btf(), rate_limit=77, ringbuf_pages=32, close_events=True, rate_limit_node=701)
     d = p.defines
     assert p.degraded == []
     assert [tp.key for tp in p.attach] == ["RTX", "SRST", "RRST", "CONG", "STATE", "SYNACK", "RQF", "EXB"]
@@ -93,7 +93,7 @@ def test_plan_on_this_kernel_takes_every_offset_and_name_from_the_formats_and_bt
     assert (d["KN_OFF_SK_COOKIE"], d["KN_OFF_SK_NET"], d["KN_OFF_NET_NS_INUM"], d["KN_OFF_SKB_DEV"],
             d["KN_OFF_DEV_ND_NET"]) == (88, 48, 176, 16, 264)
     assert (d["KN_OFF_CA_STATE"], d["KN_CA_STATE_SHIFT"], d["KN_CA_STATE_MASK"]) == (1248, 2, 0x1F)
-    assert (d["KN_RATE_LIMIT"], d["KN_RINGBUF_PAGES"], d["KN_CLOSE_EVENTS"]) == (77, 32, 1)
+    assert (d["KN_RATE_LIMIT"], d["KN_RATE_LIMIT_NODE"], d["KN_RINGBUF_PAGES"], d["KN_CLOSE_EVENTS"]) == (77, 701, 32, 1)
     n = p.names
     assert len(n.states) == 12 and n.state_kernel_name(2) == "TCP_SYN_SENT" and n.state(3) == "syn_received"
     assert n.state(12) == "syn_received" and n.state(4) == "fin_wait_1" and n.state(7) == "closed"
