@@ -59,6 +59,7 @@ RUN apt-get update \
       gcc \
       linux-libc-dev \
       libc6-dev \
+      python3-dev \
       util-linux \
  && rm -rf /var/lib/apt/lists/*
 
@@ -66,7 +67,7 @@ WORKDIR /opt/otel-kernelnet
 
 # Only what the collector needs (see .dockerignore); the analysis package is installed
 # because the project declares it, without its [analysis] extra.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY otel_kernelnet ./otel_kernelnet
 COPY analysis/kernelnet_analysis ./analysis/kernelnet_analysis
 COPY config/otel-kernelnet.yaml ./config/otel-kernelnet.yaml
@@ -80,7 +81,7 @@ RUN python3 -m venv .venv \
  && mkdir -p .venv/debian-bcc \
  && ln -s /usr/lib/python3/dist-packages/bcc .venv/debian-bcc/bcc \
  && echo /opt/otel-kernelnet/.venv/debian-bcc > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_debian_bcc.pth" \
- && .venv/bin/python -c 'import bcc, otel_kernelnet.collector' \
+ && .venv/bin/python -c 'import bcc, otel_kernelnet.collector, otel_kernelnet.export._otlp_native' \
  && .venv/bin/python -m compileall -q otel_kernelnet \
  && mkdir -p /var/lib/otel-kernelnet \
  && install -d -m 0700 /var/cache/otel-kernelnet

@@ -147,12 +147,24 @@ def run_checks(compile_test: bool = True, config: str | None = None) -> list[Che
         checks.append(Check("bcc", FAIL, str(e), BCC_FIX))
 
     checks.append(_object_cache(cfg["bpf.cache_dir"]))
+    checks.append(_encoder())
 
     if compile_test and bcc_ok and headers and privileged and runnable:
         checks.append(_compile_and_attach(runnable, ctx))
     elif compile_test:
         checks.append(Check("compile and attach", SKIP, "needs privileges, tracefs, headers, bcc and a runnable probe"))
     return checks
+
+
+def _encoder() -> Check:
+    """Whether OTLP protobuf is written by the C encoder (setup.py) or by Python."""
+    from .export import otlp_proto
+    if otlp_proto.native_module() is not None:
+        return Check("otlp encoder", OK, "C (otel_kernelnet.export._otlp_native)")
+    if os.environ.get(otlp_proto.NATIVE_ENV, "").strip() == "0":
+        return Check("otlp encoder", OK, f"Python ({otlp_proto.NATIVE_ENV}=0): the same bytes, ~5x the CPU per span")
+    return Check("otlp encoder", DEGRADED, "Python: the C encoder was not built at install (the same bytes, "
+                 "~5x the CPU per span)", "install gcc and the Python headers (python3-dev), then reinstall the package")
 
 
 def _object_cache(directory: str) -> Check:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up step for otel-kernelnet (both README commands run it first).
 #   - installs the Debian packages of scripts/apt-packages.txt (only when one is missing)
-#   - creates .venv at the repo root with the project installed editable (+ analysis, test)
+#   - creates .venv at the repo root with the project installed editable (+ analysis, test),
+#     which compiles the C OTLP encoder (setup.py; gcc and python3-dev from step 1)
 #   - makes Debian's python3-bpfcc module importable from the venv (and nothing else of dist-packages)
 #   - mounts tracefs at /sys/kernel/tracing
 # A second run with nothing changed is a quick no-op.
@@ -32,7 +33,8 @@ fi
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PY is older than 3.11"
 stamp=.venv/.kernelnet-setup
-want=$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -d' ' -f1)
+# setup.py and the C encoder's source too: a changed one is rebuilt (pip install -e compiles it)
+want=$(cat pyproject.toml setup.py otel_kernelnet/export/_otlp_native.c scripts/setup.sh scripts/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
   log "installing otel-kernelnet (editable) and its dependencies into .venv"

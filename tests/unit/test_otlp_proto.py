@@ -69,9 +69,10 @@ def sdk_bytes(batch: list[KernelSpan]) -> bytes:
     return encode_spans([ref._to_sdk(s) for s in batch]).SerializeToString()
 
 
-def test_bytes_equal_the_sdk_path():
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_bytes_equal_the_sdk_path(native):
     batch = spans()
-    enc = otlp_proto.Encoder(RESOURCE, *SCOPE)
+    enc = otlp_proto.Encoder(RESOURCE, *SCOPE, native=native)
     first = enc.encode(batch)
     assert first == sdk_bytes(batch)
     assert enc.encode(batch) == first  # from the caches: the same bytes
@@ -118,7 +119,7 @@ def test_decoded_field_by_field():
 
 def test_empty_batch_and_bounded_cache():
     assert otlp_proto.encode_request([], RESOURCE, *SCOPE) == b""
-    enc = otlp_proto.Encoder(RESOURCE, *SCOPE, per_key_max=8, events_max=8)
+    enc = otlp_proto.Encoder(RESOURCE, *SCOPE, per_key_max=8, events_max=8, native=False)  # the caches
     batch = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "s": str(i), "r": i % 3, "t": "x"},
                         events=[SpanEvent(i, "e", {"i": i})]) for i in range(1, 50)]
     assert enc.encode(batch) == sdk_bytes(batch)
