@@ -316,6 +316,20 @@ def decode(buf: bytes | bytearray | memoryview) -> LifeEvent:
 WHY = (("DROPPED", "dropped"), ("SLOW", "slow"), ("WATCHED", "watched"), ("SAMPLED", "sampled"))
 ARRIVALS = {DEFS["KN_LIFE_A_NETIF_RX"]: "netif_rx", DEFS["KN_LIFE_A_GRO"]: "napi_gro_receive_entry",
             DEFS["KN_LIFE_A_RECEIVE_ENTRY"]: "netif_receive_skb_entry"}
+# per span, these are read as plain ints and cached texts (life_span runs for every record)
+_F_READ, _F_ADDR, _F_IPV6 = (DEFS[f"KN_LIFE_F_{f}"] for f in ("READ", "ADDR", "IPV6"))
+_WHY_BITS = tuple((DEFS[f"KN_LIFE_W_{f}"], n) for f, n in WHY)
+_why_texts: dict[int, str] = {}
+
+
+def why_text(why: int) -> str:
+    """``kernelnet.skb.emitted_because`` of a record's ``why`` bits ("dropped,slow")."""
+    t = _why_texts.get(why)
+    if t is None:
+        t = ",".join(n for bit, n in _WHY_BITS if why & bit)
+        if len(_why_texts) < 256:
+            _why_texts[why] = t
+    return t
 
 
 def life_span(ev: LifeEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource,
@@ -324,12 +338,12 @@ def life_span(ev: LifeEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource
 
     Pure: names come from ``reason_name``; times through ``to_epoch_ns``.
     """
-    dropped = not ev.has("READ")
+    dropped = not ev.flags & _F_READ
     attrs: dict[str, Any] = {
         sc.KIND: sc.KIND_SKB,
         "kernelnet.skb.end": "dropped" if dropped else "read",
-        "kernelnet.skb.emitted_because": ",".join(n for f, n in WHY if ev.why & DEFS[f"KN_LIFE_W_{f}"]),
-        "kernelnet.skb.arrival": ARRIVALS.get(ev.arrival_tp, f"unknown:{ev.arrival_tp}"),
+        "kernelnet.skb.emitted_because": why_text(ev.why),
+        "kernelnet.skb.arrival": ARRIVALS.get(ev.arrival_tp) or f"unknown:{ev.arrival_tp}",
         "kernelnet.skb.len": ev.len,
         "kernelnet.skb.segs": ev.segs,
         "kernelnet.skb.protocol": ev.protocol,
@@ -346,8 +360,8 @@ def life_span(ev: LifeEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource
         attrs["network.interface.name"] = ev.ifname
     if ev.sk_cookie:
         attrs[sc.COOKIE] = ev.sk_cookie
-    if ev.has("ADDR"):
-        v6 = ev.has("IPV6")
+    if ev.flags & _F_ADDR:
+        v6 = bool(ev.flags & _F_IPV6)
         attrs["network.type"] = "ipv6" if v6 else "ipv4"
         transport = L4_NAMES.get(ev.l4proto)
         if transport:
@@ -357,8 +371,10 @@ def life_span(ev: LifeEvent, *, to_epoch_ns: Callable[[int], int], ids: IdSource
         if ev.l4proto in (6, 17, 132):
             attrs["network.local.port"] = ev.sport
             attrs["network.peer.port"] = ev.dport
-    events = [SpanEvent(to_epoch_ns(ev.t_arrival), sc.SKB_EV_ARRIVAL,
-                        {"kernelnet.cpu": ev.cpu_arrival, **({"network.interface.name": ev.ifname} if ev.ifname else {})})]
+    arrival = {"kernelnet.cpu": ev.cpu_arrival}
+    if ev.ifname:
+        arrival["network.interface.name"] = ev.ifname
+    events = [SpanEvent(to_epoch_ns(ev.t_arrival), sc.SKB_EV_ARRIVAL, arrival)]
     if ev.t_proto:
         attrs["kernelnet.skb.protocol_cpu"] = ev.cpu_proto
         attrs["kernelnet.skb.backlog_wait_ns"] = ev.t_proto - ev.t_arrival
