@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0
- * otel_kernelnet.export._otlp_native: the protobuf wire format of a batch of
- * KernelSpans, written in C. The same bytes as otlp_proto.Encoder.span, span for span
+ * otel_kernelnet.export._otlp_native: the protobuf wire format (and the OTLP JSON text,
+ * at the end of this file) of a batch of KernelSpans, written in C. The same bytes as otlp_proto.Encoder.span, span for span
  * (tests/unit/test_otlp_native.py compares them on every kind of span and value); the
  * Python encoder stays the reference and the fallback (no compiler at install time,
  * OTEL_KERNELNET_NATIVE=0).
@@ -411,9 +411,246 @@ fail:
 	return NULL;
 }
 
+/* --- OTLP JSON (otlp_json.Encoder.span's text) ------------------------------------------
+ * encode_spans_json(spans, escape, kv_text) -> bytes: the spans' JSON objects joined by
+ * ",". ``escape`` is json.encoder.encode_basestring_ascii (json.dumps's text of a str,
+ * called as is: the same escaping by construction); ``kv_text(k, v)`` is the Python
+ * encoder's text of one attribute, used for any value that is not an exact str, int or
+ * bool. The text is ASCII (ensure_ascii), so it is written as bytes. */
+
+static int put_ascii_obj(Buf *b, PyObject *u)
+{
+	Py_ssize_t n;
+	const char *p;
+	if (!PyUnicode_Check(u) || !PyUnicode_IS_ASCII(u)) {
+		PyErr_SetString(PyExc_ValueError, "expected ASCII text");
+		return -1;
+	}
+	p = PyUnicode_AsUTF8AndSize(u, &n);
+	return p ? put(b, p, n) : -1;
+}
+
+#define PUTS(b, lit) put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* escape(s): a JSON string literal (quotes included) */
+static int put_json_str(Buf *b, PyObject *s, PyObject *escape)
+{
+	if (!PyUnicode_Check(s)) {
+		PyErr_SetString(PyExc_TypeError, "expected str");
+		return -1;
+	}
+	PyObject *t = PyObject_CallOneArg(escape, s);
+	if (!t)
+		return -1;
+	int rc = put_ascii_obj(b, t);
+	Py_DECREF(t);
+	return rc;
+}
+
+/* str(o): decimal text of an int (f"{o}" for int and float) */
+static int put_str_of(Buf *b, PyObject *o)
+{
+	PyObject *t = PyObject_Str(o);
+	if (!t)
+		return -1;
+	int rc = put_ascii_obj(b, t);
+	Py_DECREF(t);
+	return rc;
+}
+
+static int put_hex_attr(Buf *b, PyObject *o, PyObject *name)
+{
+	static const char digits[] = "0123456789abcdef";
+	PyObject *v = PyObject_GetAttr(o, name);
+	if (!v)
+		return -1;
+	if (!PyBytes_Check(v)) {
+		Py_DECREF(v);
+		PyErr_SetString(PyExc_TypeError, "expected bytes");
+		return -1;
+	}
+	Py_ssize_t n = PyBytes_GET_SIZE(v);
+	const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v);
+	if (grow(b, 2 * n)) {
+		Py_DECREF(v);
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		b->p[b->len++] = digits[p[i] >> 4];
+		b->p[b->len++] = digits[p[i] & 15];
+	}
+	Py_DECREF(v);
+	return 0;
+}
+
+static int put_json_kv(Buf *b, PyObject *k, PyObject *v, PyObject *escape, PyObject *kv_text)
+{
+	if (PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v)) {
+		if (PUTS(b, "{\"key\":") || put_json_str(b, k, escape))
+			return -1;
+		if (PyUnicode_CheckExact(v))
+			return PUTS(b, ",\"value\":{\"stringValue\":") || put_json_str(b, v, escape) || PUTS(b, "}}");
+		if (PyBool_Check(v))
+			return v == Py_True ? PUTS(b, ",\"value\":{\"boolValue\":true}}")
+					    : PUTS(b, ",\"value\":{\"boolValue\":false}}");
+		return PUTS(b, ",\"value\":{\"intValue\":\"") || put_str_of(b, v) || PUTS(b, "\"}}");
+	}
+	PyObject *t = PyObject_CallFunctionObjArgs(kv_text, k, v, NULL);
+	if (!t)
+		return -1;
+	int rc = put_ascii_obj(b, t);
+	Py_DECREF(t);
+	return rc;
+}
+
+/* ``"attributes":[...]`` preceded by ``lead`` when the mapping is not empty */
+static int put_json_attrs(Buf *b, const char *lead, PyObject *o, PyObject *escape, PyObject *kv_text)
+{
+	PyObject *m = PyObject_GetAttr(o, S_attributes);
+	if (!m)
+		return -1;
+	int truth = PyObject_IsTrue(m), rc = 0;
+	if (truth <= 0) {
+		Py_DECREF(m);
+		return truth;
+	}
+	PyObject *items = PyMapping_Items(m);
+	Py_DECREF(m);
+	if (!items)
+		return -1;
+	rc = put(b, lead, (Py_ssize_t)strlen(lead)) || PUTS(b, "\"attributes\":[");
+	for (Py_ssize_t i = 0; !rc && i < PyList_GET_SIZE(items); i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i);
+		if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+			PyErr_SetString(PyExc_TypeError, "items() must give (key, value) pairs");
+			rc = -1;
+			break;
+		}
+		rc = (i && put1(b, ',')) || put_json_kv(b, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), escape, kv_text);
+	}
+	Py_DECREF(items);
+	return rc ? -1 : put1(b, ']');
+}
+
+static int put_json_name(Buf *b, PyObject *o, PyObject *escape)
+{
+	PyObject *name = PyObject_GetAttr(o, S_name);
+	if (!name)
+		return -1;
+	int rc = put_json_str(b, name, escape);
+	Py_DECREF(name);
+	return rc;
+}
+
+static int put_json_span(Buf *b, PyObject *s, PyObject *escape, PyObject *kv_text)
+{
+	if (PUTS(b, "{\"traceId\":\"") || put_hex_attr(b, s, S_trace_id) || PUTS(b, "\",\"spanId\":\"") ||
+	    put_hex_attr(b, s, S_span_id) || put1(b, '"'))
+		return -1;
+	PyObject *parent = PyObject_GetAttr(s, S_parent_span_id);
+	if (!parent)
+		return -1;
+	int has_parent = PyObject_IsTrue(parent);
+	Py_DECREF(parent);
+	if (has_parent < 0 || (has_parent && (PUTS(b, ",\"parentSpanId\":\"") ||
+					      put_hex_attr(b, s, S_parent_span_id) || put1(b, '"'))))
+		return -1;
+	if (PUTS(b, ",\"name\":") || put_json_name(b, s, escape))
+		return -1;
+	PyObject *kind = PyObject_GetAttr(s, S_kind);
+	if (!kind)
+		return -1;
+	int has_kind = PyObject_IsTrue(kind), rc = has_kind < 0;
+	if (!rc && has_kind) {
+		PyObject *k = PyNumber_Long(kind);
+		rc = !k || PUTS(b, ",\"kind\":") || put_str_of(b, k);
+		Py_XDECREF(k);
+	}
+	Py_DECREF(kind);
+	if (rc)
+		return -1;
+	PyObject *start = PyObject_GetAttr(s, S_start_ns), *end = start ? PyObject_GetAttr(s, S_end_ns) : NULL;
+	rc = !start || !end || PUTS(b, ",\"startTimeUnixNano\":\"") || put_str_of(b, start) ||
+	     PUTS(b, "\",\"endTimeUnixNano\":\"") || put_str_of(b, end) || put1(b, '"');
+	Py_XDECREF(start);
+	Py_XDECREF(end);
+	if (rc || put_json_attrs(b, ",", s, escape, kv_text))
+		return -1;
+	/* events and links: lists of objects */
+	PyObject *names[2] = {S_events, S_links};
+	for (int which = 0; which < 2; which++) {
+		PyObject *seq = PyObject_GetAttr(s, names[which]);
+		if (!seq)
+			return -1;
+		PyObject *fast = PySequence_Fast(seq, "expected a sequence");
+		Py_DECREF(seq);
+		if (!fast)
+			return -1;
+		Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+		rc = n && (which ? PUTS(b, ",\"links\":[") : PUTS(b, ",\"events\":["));
+		for (Py_ssize_t i = 0; !rc && i < n; i++) {
+			PyObject *e = PySequence_Fast_GET_ITEM(fast, i);
+			rc = i && put1(b, ',');
+			if (rc)
+				break;
+			if (which == 0) {
+				PyObject *t = PyObject_GetAttr(e, S_time_ns);
+				rc = !t || PUTS(b, "{\"timeUnixNano\":\"") || put_str_of(b, t) || PUTS(b, "\",\"name\":") ||
+				     put_json_name(b, e, escape) || put_json_attrs(b, ",", e, escape, kv_text) || put1(b, '}');
+				Py_XDECREF(t);
+			} else {
+				rc = PUTS(b, "{\"traceId\":\"") || put_hex_attr(b, e, S_trace_id) || PUTS(b, "\",\"spanId\":\"") ||
+				     put_hex_attr(b, e, S_span_id) || put1(b, '"') || put_json_attrs(b, ",", e, escape, kv_text) ||
+				     put1(b, '}');
+			}
+		}
+		if (!rc && n)
+			rc = put1(b, ']');
+		Py_DECREF(fast);
+		if (rc)
+			return -1;
+	}
+	/* status: {"message":..,"code":..}, either omitted when empty */
+	PyObject *msg = PyObject_GetAttr(s, S_status_message), *code = msg ? PyObject_GetAttr(s, S_status_code) : NULL;
+	int has_msg = msg ? PyObject_IsTrue(msg) : -1, has_code = code ? PyObject_IsTrue(code) : -1;
+	rc = has_msg < 0 || has_code < 0 || PUTS(b, ",\"status\":{") ||
+	     (has_msg && (PUTS(b, "\"message\":") || put_json_str(b, msg, escape))) ||
+	     (has_code && (!PyLong_CheckExact(code) || (has_msg && put1(b, ',')) || PUTS(b, "\"code\":") ||
+			   put_str_of(b, code))) ||
+	     PUTS(b, "}}");
+	Py_XDECREF(msg);
+	Py_XDECREF(code);
+	return rc ? -1 : 0;
+}
+
+static PyObject *encode_spans_json(PyObject *self, PyObject *args)
+{
+	PyObject *spans, *escape, *kv_text;
+	(void)self;
+	if (!PyArg_ParseTuple(args, "OOO:encode_spans_json", &spans, &escape, &kv_text))
+		return NULL;
+	PyObject *fast = PySequence_Fast(spans, "spans must be a sequence");
+	if (!fast)
+		return NULL;
+	Buf b = {NULL, 0, 0};
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+		if ((i && put1(&b, ',')) || put_json_span(&b, PySequence_Fast_GET_ITEM(fast, i), escape, kv_text)) {
+			Py_DECREF(fast);
+			PyMem_Free(b.p);
+			return NULL;
+		}
+	}
+	Py_DECREF(fast);
+	PyObject *out = PyBytes_FromStringAndSize(b.p ? b.p : "", b.len);
+	PyMem_Free(b.p);
+	return out;
+}
+
 static PyMethodDef methods[] = {
 	{"encode_spans", encode_spans, METH_VARARGS,
 	 "encode_spans(spans, any_value) -> bytes: ScopeSpans.spans fields (tag 0x12) of each span."},
+	{"encode_spans_json", encode_spans_json, METH_VARARGS,
+	 "encode_spans_json(spans, escape, kv_text) -> bytes: the spans' OTLP JSON objects, joined by ','."},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -11,7 +11,10 @@ readable reference, kept for tests and other callers), and ``Encoder``, which
 because each attribute's ``{"key":..,"value":{..}}`` text is cached per key and value
 for str, int and bool values (kernel attributes mostly repeat; a key whose values do
 not, such as a duration, stops being cached: ``attr_cache.AttrCache``).
-``tests/unit/test_otlp_proto.py`` checks that both give the same bytes.
+``tests/unit/test_otlp_proto.py`` checks that both give the same bytes. Where the C
+encoder is built (``otlp_proto.native_module``), ``Encoder.encode_line`` writes the
+spans' text with it instead (the same bytes: tests/unit/test_otlp_native.py; a batch
+it refuses is written here).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from ..spans import KernelSpan
 from .attr_cache import EVENTS_MAX, PER_KEY_MAX, AttrCache, EventCache
+from .otlp_proto import native_module
 
 
 def any_value(v: Any) -> dict[str, Any]:
@@ -123,10 +127,12 @@ class Encoder:
     """
 
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
-                 per_key_max: int = PER_KEY_MAX, events_max: int = EVENTS_MAX):
+                 per_key_max: int = PER_KEY_MAX, events_max: int = EVENTS_MAX, native: bool = True):
         self._head = ('{"resourceSpans":[{"resource":{"attributes":' + _dumps(key_values(resource))
                       + '},"scopeSpans":[{"scope":' + _dumps({"name": scope_name, "version": scope_version})
                       + ',"spans":[')
+        self._head_b = self._head.encode()  # ASCII: json.dumps escapes the rest
+        self.native = native_module() if native else None
         self.attrs = AttrCache(_kv_text, per_key_max)
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
@@ -165,6 +171,12 @@ class Encoder:
         return "".join(parts)
 
     def encode_line(self, spans: Iterable[KernelSpan]) -> bytes:
+        if self.native is not None:
+            spans = spans if isinstance(spans, (list, tuple)) else list(spans)
+            try:
+                return b"".join([self._head_b, self.native.encode_spans_json(spans, _str, _kv_text), b"]}]}]}\n"])
+            except Exception:  # not a span the C encoder reads: the Python encoder decides
+                pass
         span = self.span
         return (self._head + ",".join([span(s) for s in spans]) + "]}]}]}\n").encode()
 

@@ -1,5 +1,5 @@
-"""The C encoder (otel_kernelnet/export/_otlp_native.c) writes the Python encoder's
-bytes, span for span, for every kind of span and value; what it does not take, the
+"""The C encoder (otel_kernelnet/export/_otlp_native.c) writes the Python encoders'
+bytes (protobuf and JSON), span for span, for every kind of span and value; what it does not take, the
 Python encoder decides (fallback), and it holds no references it should not.
 
 The module must be built here: scripts/setup.sh installs gcc and the Python headers,
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_kernelnet.export import otlp_proto
+from otel_kernelnet.export import otlp_json, otlp_proto
 from otel_kernelnet.spans import KernelSpan, SpanEvent, SpanLink
 
 from tests.unit.test_otlp_proto import RESOURCE, SCOPE, sdk_bytes, spans
@@ -52,7 +52,7 @@ class Sub(str):
 
 values = st.one_of(
     st.text(max_size=12), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
-    st.floats(allow_nan=False), st.just(math.inf), st.binary(max_size=6),
+    st.floats(), st.just(math.inf), st.binary(max_size=6),
     st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=3)), max_size=3), st.builds(Sub, st.text(max_size=4)),
 )
 attrs = st.dictionaries(st.text(min_size=1, max_size=10), values, max_size=8)
@@ -74,12 +74,39 @@ def test_any_span_is_encoded_to_the_python_encoders_bytes(batch):
     assert c == py
 
 
+def both_json(batch: list[KernelSpan]) -> tuple[bytes, bytes]:
+    py = otlp_json.Encoder(RESOURCE, *SCOPE, native=False)
+    return (native.encode_spans_json(batch, otlp_json._str, otlp_json._kv_text),
+            ",".join(py.span(s) for s in batch).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(kernel_spans, max_size=4))
+def test_any_span_is_written_as_the_python_json_encoders_text(batch):
+    c, py = both_json(batch)
+    assert c == py
+    assert otlp_json.Encoder(RESOURCE, *SCOPE).encode_line(batch) == \
+        otlp_json.encode_line_reference(batch, RESOURCE, *SCOPE)  # and json.dumps's
+
+
+def test_the_reference_spans_equal_json_dumps():
+    assert otlp_json.Encoder(RESOURCE, *SCOPE).native is native
+    for big in (False, True):
+        c, py = both_json(spans(big))
+        assert c == py
+        assert otlp_json.Encoder(RESOURCE, *SCOPE).encode_line(spans(big)) == \
+            otlp_json.encode_line_reference(spans(big), RESOURCE, *SCOPE)
+
+
 def test_what_c_does_not_take_is_left_to_the_python_encoder():
     odd = KernelSpan("s", bytearray(b"\x01" * 16), b"\x02" * 8, 1, 2, {"k": 1})  # not bytes: C refuses
     with pytest.raises(TypeError):
         native.encode_spans([odd], otlp_proto.any_value)
     c = otlp_proto.Encoder(RESOURCE, *SCOPE).encode([odd])
     assert c == otlp_proto.Encoder(RESOURCE, *SCOPE, native=False).encode([odd]) != b""
+    with pytest.raises(TypeError):
+        native.encode_spans_json([odd], otlp_json._str, otlp_json._kv_text)
+    assert otlp_json.Encoder(RESOURCE, *SCOPE).encode_line([odd]) == otlp_json.encode_line_reference([odd], RESOURCE, *SCOPE)
     for bad in ({"k": "\ud800"}, {1: "x"}):  # a lone surrogate; a key that is not a str
         s = KernelSpan("s", b"\x01" * 16, b"\x02" * 8, 1, 2, bad)
         errors = []
@@ -94,10 +121,18 @@ def test_no_reference_is_kept_or_lost():
     s = spans(big=True)[0]
     held = [s, s.attributes, s.events, s.links, s.name, s.trace_id, s.status_message, *s.attributes.values(),
             *s.attributes.keys(), *(e.attributes for e in s.events), *(e.name for e in s.events)]
+    # not the interpreter's shared objects (small ints, bools, "", one-character strings:
+    # anything may take or drop references to those)
+    held = [o for o in held if sys.getrefcount(o) < 1000]
+    assert len(held) >= 20
     before = [sys.getrefcount(o) for o in held]
     for _ in range(200):
         native.encode_spans([s], otlp_proto.any_value)
+    for _ in range(200):
+        native.encode_spans_json([s], otlp_json._str, otlp_json._kv_text)
+    broken = KernelSpan("s", b"x" * 16, b"y" * 8, 1, 2, {"k": Sub("a")}, events=None)
     with pytest.raises(TypeError):
-        native.encode_spans([KernelSpan("s", b"x" * 16, b"y" * 8, 1, 2, {"k": Sub("a")}, events=None)],
-                            otlp_proto.any_value)
+        native.encode_spans([broken], otlp_proto.any_value)
+    with pytest.raises(TypeError):
+        native.encode_spans_json([broken], otlp_json._str, otlp_json._kv_text)
     assert [sys.getrefcount(o) for o in held] == before

@@ -168,7 +168,7 @@ def test_fast_json_equals_the_reference():
     batch[0].attributes["non-ascii é"] = "ünïcode \ud800 \x00"
     batch[0].attributes["big"] = -(1 << 63)
     assert otlp_json.encode_line(batch, RESOURCE, *SCOPE) == otlp_json.encode_line_reference(batch, RESOURCE, *SCOPE)
-    enc = otlp_json.Encoder(RESOURCE, *SCOPE, per_key_max=4, events_max=4)
+    enc = otlp_json.Encoder(RESOURCE, *SCOPE, per_key_max=4, events_max=4, native=False)  # the caches
     many = [KernelSpan("s", b"\x01" * 16, b"\x01" * 8, i, i, {"i": i, "b": i % 2 == 0, "r": i % 2},
                        events=[SpanEvent(i, "e", {"i": i}), SpanEvent(i + 1, "f", {"c": i % 2, "b": True}),
                                SpanEvent(i + 2, "g", {"c": (i % 2 == 1) if i % 3 else i % 2})])
