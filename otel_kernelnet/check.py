@@ -157,7 +157,8 @@ def run_checks(compile_test: bool = True, config: str | None = None) -> list[Che
 
 
 def _encoder() -> Check:
-    """Whether OTLP protobuf is written by the C encoder (setup.py) or by Python."""
+    """Whether spans are encoded (OTLP protobuf, the embedded store's JSON) by the C
+    encoder (setup.py) or by Python."""
     from .export import otlp_proto
     if otlp_proto.native_module() is not None:
         return Check("otlp encoder", OK, "C (otel_kernelnet.export._otlp_native)")

@@ -133,6 +133,7 @@ class Encoder:
                       + ',"spans":[')
         self._head_b = self._head.encode()  # ASCII: json.dumps escapes the rest
         self.native = native_module() if native else None
+        self.fallbacks = 0  # batches the C encoder refused (written by Python)
         self.attrs = AttrCache(_kv_text, per_key_max)
         self._names: dict[str, str] = {}
         self._status: dict[tuple[int, str], str] = {}
@@ -176,7 +177,7 @@ class Encoder:
             try:
                 return b"".join([self._head_b, self.native.encode_spans_json(spans, _str, _kv_text), b"]}]}]}\n"])
             except Exception:  # not a span the C encoder reads: the Python encoder decides
-                pass
+                self.fallbacks += 1
         span = self.span
         return (self._head + ",".join([span(s) for s in spans]) + "]}]}]}\n").encode()
 

@@ -19,11 +19,12 @@ the int64 range is written modulo 2**64, as a u64 socket cookie's bits), float
 (double), bytes, and lists/tuples of those (``array_value``).
 
 Speed: ``Encoder.encode`` writes the spans with the C encoder (``_otlp_native``, built at
-install by setup.py: ~10x fewer CPU µs per span) when it is there, and this module's
+install by setup.py: 4-5x fewer CPU µs per span) when it is there, and this module's
 Python otherwise (no compiler at install, or ``OTEL_KERNELNET_NATIVE=0``). The bytes are
 the same (tests/unit/test_otlp_native.py compares them on generated spans); a batch
 the C encoder refuses (a value it does not know how to read) is written by Python,
-which is the reference. For the Python path: a kernel span's attributes mostly repeat (drop reason, location, device,
+which is the reference, and counted (``Encoder.fallbacks``). For the Python path: a
+kernel span's attributes mostly repeat (drop reason, location, device,
 command, CPU), so each encoded ``KeyValue`` of a str or int value is kept per key and
 value (``attr_cache.AttrCache``: a key whose values do not repeat, such as a duration
 in ns, stops being cached); a hit costs two dict lookups. Events with the same name and
@@ -151,6 +152,7 @@ class Encoder:
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str,
                  per_key_max: int = PER_KEY_MAX, events_max: int = EVENTS_MAX, native: bool = True):
         self.native = native_module() if native else None
+        self.fallbacks = 0  # batches the C encoder refused (written by Python)
         self._resource_field = _ld(b"\x0a", attributes(b"\x0a", resource))  # ResourceSpans.resource
         scope = _ld(b"\x0a", scope_name.encode()) + (_ld(b"\x12", scope_version.encode()) if scope_version else b"")
         self._scope_field = _ld(b"\x0a", scope)  # ScopeSpans.scope
@@ -200,6 +202,7 @@ class Encoder:
                 body = self.native.encode_spans(spans, any_value)
             except Exception:  # not a span the C encoder reads: the Python encoder decides
                 body = None
+                self.fallbacks += 1
         if body is None:
             span = self.span
             body = b"".join([_ld(b"\x12", span(s)) for s in spans])

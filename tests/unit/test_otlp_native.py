@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_kernelnet import check
 from otel_kernelnet.export import otlp_json, otlp_proto
 from otel_kernelnet.spans import KernelSpan, SpanEvent, SpanLink
 
@@ -24,11 +25,15 @@ from tests.unit.test_otlp_proto import RESOURCE, SCOPE, sdk_bytes, spans
 native = otlp_proto.native_module()
 
 
-def test_the_c_encoder_is_built_and_used_by_default():
+def test_the_c_encoder_is_built_and_used_by_default(monkeypatch):
     assert native is not None, ("otel_kernelnet.export._otlp_native is not built: gcc and the Python headers are "
                                 "needed when the package is installed (bash scripts/setup.sh installs them)")
     assert otlp_proto.Encoder(RESOURCE, *SCOPE).native is native
     assert otlp_proto.Encoder(RESOURCE, *SCOPE, native=False).native is None
+    assert check._encoder().status == check.OK and "C" in check._encoder().detail
+    monkeypatch.setenv(otlp_proto.NATIVE_ENV, "0")
+    assert otlp_proto.Encoder(RESOURCE, *SCOPE).native is None and otlp_json.Encoder(RESOURCE, *SCOPE).native is None
+    assert "Python" in check._encoder().detail
 
 
 def both(batch: list[KernelSpan]) -> tuple[bytes, bytes]:
@@ -102,11 +107,14 @@ def test_what_c_does_not_take_is_left_to_the_python_encoder():
     odd = KernelSpan("s", bytearray(b"\x01" * 16), b"\x02" * 8, 1, 2, {"k": 1})  # not bytes: C refuses
     with pytest.raises(TypeError):
         native.encode_spans([odd], otlp_proto.any_value)
-    c = otlp_proto.Encoder(RESOURCE, *SCOPE).encode([odd])
-    assert c == otlp_proto.Encoder(RESOURCE, *SCOPE, native=False).encode([odd]) != b""
+    enc = otlp_proto.Encoder(RESOURCE, *SCOPE)
+    assert enc.encode([odd]) == otlp_proto.Encoder(RESOURCE, *SCOPE, native=False).encode([odd]) != b""
+    assert enc.fallbacks == 1
     with pytest.raises(TypeError):
         native.encode_spans_json([odd], otlp_json._str, otlp_json._kv_text)
-    assert otlp_json.Encoder(RESOURCE, *SCOPE).encode_line([odd]) == otlp_json.encode_line_reference([odd], RESOURCE, *SCOPE)
+    jenc = otlp_json.Encoder(RESOURCE, *SCOPE)
+    assert jenc.encode_line([odd]) == otlp_json.encode_line_reference([odd], RESOURCE, *SCOPE)
+    assert jenc.fallbacks == 1 and jenc.encode_line(spans()) and jenc.fallbacks == 1
     for bad in ({"k": "\ud800"}, {1: "x"}):  # a lone surrogate; a key that is not a str
         s = KernelSpan("s", b"\x01" * 16, b"\x02" * 8, 1, 2, bad)
         errors = []
