@@ -121,3 +121,17 @@ def test_a_producer_faster_than_the_reader_does_not_keep_a_drain_going(monkeypat
         assert 0 < n == len(ring.got) <= 4096 // 16 + 2  # records of 16-312 bytes in one 4 KB ring's worth
         assert ring.runs < 5000
         assert loader.consume() > 0
+
+
+def test_a_wait_ends_on_a_wake_up_not_on_records_already_there(tmp_path):
+    """The loader's epoll is edge-triggered on ring buffers: records left unread do not
+    end the next wait (level-triggered, a busy ring made every wait return at once and
+    the collector's loop never slept its poll interval)."""
+    with Loader(cache_dir=tmp_path) as loader:
+        ring = Ring(loader)
+        ring.run(1)  # flags 0: the kernel wakes a reader that has caught up
+        assert loader.wait(2) is True
+        assert loader.wait(0.2) is False  # the record is still there, unread: no new wake-up
+        assert loader.consume() == 1
+        ring.run(1)
+        assert loader.wait(2) is True
