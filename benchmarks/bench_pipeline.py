@@ -2,11 +2,13 @@
 
 Synthetic ``skb:kfree_skb`` records (the drop probe's real record layout, varied
 ports, lengths, addresses, reasons, commands) are copied out of one contiguous buffer
-the way the ring-buffer callback copies them (``ctypes.string_at``), decoded by the
-drop probe's decoder, mapped by ``drop_span``, queued in the collector's
-``ExportPipeline`` and exported by ``OtlpSink`` to a real OTLP receiver (rotel, the
-[test] extra, blackhole exporter, in its own process). What is *not* in it: bcc's
-per-record callback dispatch (0.7-1.1 us/record on this VM class, research section 2).
+(``ctypes.string_at``: one copy per record, as the collector's ring reader makes with a
+slice of the mapped ring, bpfobj.MmapRing), decoded by the drop probe's decoder,
+mapped by ``drop_span``, queued in the collector's ``ExportPipeline`` and exported by
+``OtlpSink`` to a real OTLP receiver (rotel, the [test] extra, blackhole exporter, in
+its own process). What is *not* in it: the ring reader's own loop per record (header
+read, position update; libbpf's per-record ctypes callback, 0.7-1.1 us/record on this
+VM class, research section 2, where the libbpf reader is used).
 
 Four measurements, all in one run:
 
