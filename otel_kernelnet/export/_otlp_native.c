@@ -97,6 +97,80 @@ static int close_ld(Buf *b, Py_ssize_t start)
 	return 0;
 }
 
+/* the text of an ASCII str (the JSON side: json.dumps's text is ASCII) */
+static int put_ascii_obj(Buf *b, PyObject *u)
+{
+	Py_ssize_t n;
+	const char *p;
+	if (!PyUnicode_Check(u) || !PyUnicode_IS_ASCII(u)) {
+		PyErr_SetString(PyExc_ValueError, "expected bytes or ASCII text");
+		return -1;
+	}
+	p = PyUnicode_AsUTF8AndSize(u, &n);
+	return p ? put(b, p, n) : -1;
+}
+
+/* a Python call's result, a new reference (NULL: the call failed): bytes as they are,
+ * an ASCII str as its text; released here */
+static int put_result(Buf *b, PyObject *r)
+{
+	if (!r)
+		return -1;
+	int rc = PyBytes_Check(r) ? put(b, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r)) : put_ascii_obj(b, r);
+	Py_DECREF(r);
+	return rc;
+}
+
+/* attribute ``name`` of ``o``, which must be bytes (a new reference, or NULL) */
+static PyObject *bytes_attr(PyObject *o, PyObject *name)
+{
+	PyObject *v = PyObject_GetAttr(o, name);
+	if (v && !PyBytes_Check(v)) {
+		PyErr_Format(PyExc_TypeError, "expected bytes, got %.80s", Py_TYPE(v)->tp_name);
+		Py_CLEAR(v);
+	}
+	return v;
+}
+
+/* fn(b, key, value, i, ctx) for the i-th item of a mapping, in order: a dict directly
+ * (no items list), any other mapping through its items() */
+typedef int (*kv_fn)(Buf *, PyObject *, PyObject *, Py_ssize_t, void *);
+
+static int each_item(Buf *b, PyObject *m, kv_fn fn, void *ctx)
+{
+	Py_ssize_t i = 0;
+	if (PyDict_CheckExact(m)) {
+		Py_ssize_t pos = 0;
+		PyObject *k, *v;
+		while (PyDict_Next(m, &pos, &k, &v)) {
+			/* held while fn runs: a Python callback of fn must not free them */
+			Py_INCREF(k);
+			Py_INCREF(v);
+			int rc = fn(b, k, v, i++, ctx);
+			Py_DECREF(k);
+			Py_DECREF(v);
+			if (rc)
+				return -1;
+		}
+		return 0;
+	}
+	PyObject *items = PyMapping_Items(m);
+	if (!items)
+		return -1;
+	for (; i < PyList_GET_SIZE(items); i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i);
+		if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+			PyErr_SetString(PyExc_TypeError, "items() must give (key, value) pairs");
+			break;
+		}
+		if (fn(b, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), i, ctx))
+			break;
+	}
+	int done = i == PyList_GET_SIZE(items);
+	Py_DECREF(items);
+	return done ? 0 : -1;
+}
+
 /* tag, length, the UTF-8 of a str (UnicodeEncodeError for a lone surrogate, as
  * str.encode() raises) */
 static int put_str_field(Buf *b, unsigned char tag, PyObject *s)
@@ -147,17 +221,7 @@ static int put_any(Buf *b, PyObject *v, PyObject *any_value)
 			return -1;
 		return put(b, t, 9);
 	}
-	PyObject *r = PyObject_CallOneArg(any_value, v);
-	if (!r)
-		return -1;
-	if (!PyBytes_Check(r)) {
-		Py_DECREF(r);
-		PyErr_SetString(PyExc_TypeError, "any_value() must return bytes");
-		return -1;
-	}
-	int rc = put(b, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r));
-	Py_DECREF(r);
-	return rc;
+	return put_result(b, PyObject_CallOneArg(any_value, v));
 }
 
 /* one KeyValue as field ``tag``: tag, len, {1: key, 2: {AnyValue}} */
@@ -175,62 +239,40 @@ static int put_kv(Buf *b, unsigned char tag, PyObject *k, PyObject *v, PyObject 
 	return close_ld(b, s0);
 }
 
-/* every item of a mapping (a dict in order; any other mapping by its items()) */
+struct proto_kv {
+	unsigned char tag;
+	PyObject *any_value;
+};
+
+static int proto_kv(Buf *b, PyObject *k, PyObject *v, Py_ssize_t i, void *ctx)
+{
+	struct proto_kv *c = ctx;
+	(void)i;
+	return put_kv(b, c->tag, k, v, c->any_value);
+}
+
 static int put_attrs(Buf *b, unsigned char tag, PyObject *m, PyObject *any_value)
 {
-	if (PyDict_CheckExact(m)) {
-		Py_ssize_t pos = 0;
-		PyObject *k, *v;
-		while (PyDict_Next(m, &pos, &k, &v)) {
-			/* the dict is ours for the whole call: nothing here runs Python code that
-			 * could change it, except any_value(), which gets only the value */
-			Py_INCREF(k);
-			Py_INCREF(v);
-			int rc = put_kv(b, tag, k, v, any_value);
-			Py_DECREF(k);
-			Py_DECREF(v);
-			if (rc)
-				return -1;
-		}
-		return 0;
-	}
-	PyObject *items = PyMapping_Items(m);
-	if (!items)
-		return -1;
-	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-		PyObject *kv = PyList_GET_ITEM(items, i);
-		if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
-			Py_DECREF(items);
-			PyErr_SetString(PyExc_TypeError, "items() must give (key, value) pairs");
-			return -1;
-		}
-		if (put_kv(b, tag, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), any_value)) {
-			Py_DECREF(items);
-			return -1;
-		}
-	}
-	Py_DECREF(items);
-	return 0;
+	struct proto_kv c = {tag, any_value};
+	return each_item(b, m, proto_kv, &c);
 }
 
 static PyObject *S_trace_id, *S_span_id, *S_parent_span_id, *S_name, *S_kind, *S_start_ns, *S_end_ns,
 	*S_attributes, *S_events, *S_links, *S_status_code, *S_status_message, *S_time_ns;
 
-static int put_bytes_attr(Buf *b, PyObject *o, PyObject *name, Py_ssize_t *n_out)
+static int put_bytes_attr(Buf *b, PyObject *o, PyObject *name)
+{
+	return put_result(b, bytes_attr(o, name));
+}
+
+/* a str attribute as field ``tag`` */
+static int put_str_attr(Buf *b, unsigned char tag, PyObject *o, PyObject *name)
 {
 	PyObject *v = PyObject_GetAttr(o, name);
 	if (!v)
 		return -1;
-	char *p;
-	Py_ssize_t n;
-	if (PyBytes_AsStringAndSize(v, &p, &n)) {
-		Py_DECREF(v);
-		return -1;
-	}
-	int rc = put(b, p, n);
+	int rc = put_str_field(b, tag, v);
 	Py_DECREF(v);
-	if (n_out)
-		*n_out = n;
 	return rc;
 }
 
@@ -291,14 +333,8 @@ static int put_event(Buf *b, PyObject *e, PyObject *any_value)
 	if (get_u64(e, S_time_ns, &t, NULL) || put1(b, 0x5a))
 		return -1;
 	s = b->len;
-	if (put1(b, 0x09) || put_fixed64(b, t))
-		return -1;
-	PyObject *name = PyObject_GetAttr(e, S_name);
-	if (!name)
-		return -1;
-	int rc = put_str_field(b, 0x12, name);
-	Py_DECREF(name);
-	if (rc || put_attrs_of(b, 0x1a, e, any_value, 0))
+	if (put1(b, 0x09) || put_fixed64(b, t) || put_str_attr(b, 0x12, e, S_name) ||
+	    put_attrs_of(b, 0x1a, e, any_value, 0))
 		return -1;
 	return close_ld(b, s);
 }
@@ -312,8 +348,8 @@ static int put_link(Buf *b, PyObject *l, PyObject *any_value)
 	if (put1(b, 0x6a))
 		return -1;
 	s = b->len;
-	if (put(b, t16, 2) || put_bytes_attr(b, l, S_trace_id, NULL) || put(b, t8, 2) ||
-	    put_bytes_attr(b, l, S_span_id, NULL) || put_attrs_of(b, 0x22, l, any_value, 1) || put(b, flags, 5))
+	if (put(b, t16, 2) || put_bytes_attr(b, l, S_trace_id) || put(b, t8, 2) ||
+	    put_bytes_attr(b, l, S_span_id) || put_attrs_of(b, 0x22, l, any_value, 1) || put(b, flags, 5))
 		return -1;
 	return close_ld(b, s);
 }
@@ -326,32 +362,16 @@ static int put_span(Buf *b, PyObject *s, PyObject *any_value)
 	uint64_t start, end, kind, code;
 	int has_parent, has_kind, has_code;
 
-	if (put(b, t16, 2) || put_bytes_attr(b, s, S_trace_id, NULL) || put(b, t8, 2) ||
-	    put_bytes_attr(b, s, S_span_id, NULL))
+	if (put(b, t16, 2) || put_bytes_attr(b, s, S_trace_id) || put(b, t8, 2) ||
+	    put_bytes_attr(b, s, S_span_id))
 		return -1;
-	PyObject *parent = PyObject_GetAttr(s, S_parent_span_id);
+	PyObject *parent = bytes_attr(s, S_parent_span_id);
 	if (!parent)
 		return -1;
-	has_parent = PyObject_IsTrue(parent);
-	if (has_parent < 0) {
-		Py_DECREF(parent);
-		return -1;
-	}
-	if (has_parent) {
-		char *p;
-		Py_ssize_t n;
-		if (PyBytes_AsStringAndSize(parent, &p, &n) || put(b, p8, 2) || put(b, p, n)) {
-			Py_DECREF(parent);
-			return -1;
-		}
-	}
+	has_parent = PyBytes_GET_SIZE(parent) > 0;
+	int rc = has_parent && (put(b, p8, 2) || put(b, PyBytes_AS_STRING(parent), PyBytes_GET_SIZE(parent)));
 	Py_DECREF(parent);
-	PyObject *name = PyObject_GetAttr(s, S_name);
-	if (!name)
-		return -1;
-	int rc = put_str_field(b, 0x2a, name);
-	Py_DECREF(name);
-	if (rc || get_u64(s, S_kind, &kind, &has_kind))
+	if (rc || put_str_attr(b, 0x2a, s, S_name) || get_u64(s, S_kind, &kind, &has_kind))
 		return -1;
 	if (has_kind && (put1(b, 0x30) || put_varint(b, kind)))
 		return -1;
@@ -418,18 +438,6 @@ fail:
  * encoder's text of one attribute, used for any value that is not an exact str, int or
  * bool. The text is ASCII (ensure_ascii), so it is written as bytes. */
 
-static int put_ascii_obj(Buf *b, PyObject *u)
-{
-	Py_ssize_t n;
-	const char *p;
-	if (!PyUnicode_Check(u) || !PyUnicode_IS_ASCII(u)) {
-		PyErr_SetString(PyExc_ValueError, "expected ASCII text");
-		return -1;
-	}
-	p = PyUnicode_AsUTF8AndSize(u, &n);
-	return p ? put(b, p, n) : -1;
-}
-
 #define PUTS(b, lit) put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 
 /* escape(s): a JSON string literal (quotes included) */
@@ -439,48 +447,38 @@ static int put_json_str(Buf *b, PyObject *s, PyObject *escape)
 		PyErr_SetString(PyExc_TypeError, "expected str");
 		return -1;
 	}
-	PyObject *t = PyObject_CallOneArg(escape, s);
-	if (!t)
-		return -1;
-	int rc = put_ascii_obj(b, t);
-	Py_DECREF(t);
-	return rc;
+	return put_result(b, PyObject_CallOneArg(escape, s));
 }
 
 /* str(o): decimal text of an int (f"{o}" for int and float) */
 static int put_str_of(Buf *b, PyObject *o)
 {
-	PyObject *t = PyObject_Str(o);
-	if (!t)
-		return -1;
-	int rc = put_ascii_obj(b, t);
-	Py_DECREF(t);
-	return rc;
+	return put_result(b, PyObject_Str(o));
 }
 
-static int put_hex_attr(Buf *b, PyObject *o, PyObject *name)
+/* bytes.hex() of a bytes object */
+static int put_hex(Buf *b, PyObject *v)
 {
 	static const char digits[] = "0123456789abcdef";
-	PyObject *v = PyObject_GetAttr(o, name);
-	if (!v)
-		return -1;
-	if (!PyBytes_Check(v)) {
-		Py_DECREF(v);
-		PyErr_SetString(PyExc_TypeError, "expected bytes");
-		return -1;
-	}
 	Py_ssize_t n = PyBytes_GET_SIZE(v);
 	const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v);
-	if (grow(b, 2 * n)) {
-		Py_DECREF(v);
+	if (grow(b, 2 * n))
 		return -1;
-	}
 	for (Py_ssize_t i = 0; i < n; i++) {
 		b->p[b->len++] = digits[p[i] >> 4];
 		b->p[b->len++] = digits[p[i] & 15];
 	}
-	Py_DECREF(v);
 	return 0;
+}
+
+static int put_hex_attr(Buf *b, PyObject *o, PyObject *name)
+{
+	PyObject *v = bytes_attr(o, name);
+	if (!v)
+		return -1;
+	int rc = put_hex(b, v);
+	Py_DECREF(v);
+	return rc;
 }
 
 static int put_json_kv(Buf *b, PyObject *k, PyObject *v, PyObject *escape, PyObject *kv_text)
@@ -495,12 +493,17 @@ static int put_json_kv(Buf *b, PyObject *k, PyObject *v, PyObject *escape, PyObj
 					    : PUTS(b, ",\"value\":{\"boolValue\":false}}");
 		return PUTS(b, ",\"value\":{\"intValue\":\"") || put_str_of(b, v) || PUTS(b, "\"}}");
 	}
-	PyObject *t = PyObject_CallFunctionObjArgs(kv_text, k, v, NULL);
-	if (!t)
-		return -1;
-	int rc = put_ascii_obj(b, t);
-	Py_DECREF(t);
-	return rc;
+	return put_result(b, PyObject_CallFunctionObjArgs(kv_text, k, v, NULL));
+}
+
+struct json_kv {
+	PyObject *escape, *kv_text;
+};
+
+static int json_kv(Buf *b, PyObject *k, PyObject *v, Py_ssize_t i, void *ctx)
+{
+	struct json_kv *c = ctx;
+	return (i && put1(b, ',')) || put_json_kv(b, k, v, c->escape, c->kv_text) ? -1 : 0;
 }
 
 /* ``"attributes":[...]`` preceded by ``lead`` when the mapping is not empty */
@@ -514,22 +517,11 @@ static int put_json_attrs(Buf *b, const char *lead, PyObject *o, PyObject *escap
 		Py_DECREF(m);
 		return truth;
 	}
-	PyObject *items = PyMapping_Items(m);
+	struct json_kv c = {escape, kv_text};
+	rc = put(b, lead, (Py_ssize_t)strlen(lead)) || PUTS(b, "\"attributes\":[") || each_item(b, m, json_kv, &c) ||
+	     put1(b, ']');
 	Py_DECREF(m);
-	if (!items)
-		return -1;
-	rc = put(b, lead, (Py_ssize_t)strlen(lead)) || PUTS(b, "\"attributes\":[");
-	for (Py_ssize_t i = 0; !rc && i < PyList_GET_SIZE(items); i++) {
-		PyObject *kv = PyList_GET_ITEM(items, i);
-		if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
-			PyErr_SetString(PyExc_TypeError, "items() must give (key, value) pairs");
-			rc = -1;
-			break;
-		}
-		rc = (i && put1(b, ',')) || put_json_kv(b, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), escape, kv_text);
-	}
-	Py_DECREF(items);
-	return rc ? -1 : put1(b, ']');
+	return rc ? -1 : 0;
 }
 
 static int put_json_name(Buf *b, PyObject *o, PyObject *escape)
@@ -547,20 +539,20 @@ static int put_json_span(Buf *b, PyObject *s, PyObject *escape, PyObject *kv_tex
 	if (PUTS(b, "{\"traceId\":\"") || put_hex_attr(b, s, S_trace_id) || PUTS(b, "\",\"spanId\":\"") ||
 	    put_hex_attr(b, s, S_span_id) || put1(b, '"'))
 		return -1;
-	PyObject *parent = PyObject_GetAttr(s, S_parent_span_id);
+	PyObject *parent = bytes_attr(s, S_parent_span_id);
 	if (!parent)
 		return -1;
-	int has_parent = PyObject_IsTrue(parent);
+	int rc = PyBytes_GET_SIZE(parent) && (PUTS(b, ",\"parentSpanId\":\"") || put_hex(b, parent) || put1(b, '"'));
 	Py_DECREF(parent);
-	if (has_parent < 0 || (has_parent && (PUTS(b, ",\"parentSpanId\":\"") ||
-					      put_hex_attr(b, s, S_parent_span_id) || put1(b, '"'))))
+	if (rc)
 		return -1;
 	if (PUTS(b, ",\"name\":") || put_json_name(b, s, escape))
 		return -1;
 	PyObject *kind = PyObject_GetAttr(s, S_kind);
 	if (!kind)
 		return -1;
-	int has_kind = PyObject_IsTrue(kind), rc = has_kind < 0;
+	int has_kind = PyObject_IsTrue(kind);
+	rc = has_kind < 0;
 	if (!rc && has_kind) {
 		PyObject *k = PyNumber_Long(kind);
 		rc = !k || PUTS(b, ",\"kind\":") || put_str_of(b, k);

@@ -9,8 +9,10 @@ and ``pip install -e .`` compiles it (setup.py). Without it the collector works,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -48,6 +50,14 @@ def test_the_reference_spans_equal_the_python_encoder_and_the_sdk():
     for big in (False, True):
         c, py = both(spans(big))
         assert c == py
+    # attributes in a mapping that is not a dict (read through items(), not the dict walk)
+    s = spans(big=True)[0]
+    proxied = dataclasses.replace(s, attributes=MappingProxyType(s.attributes), events=[
+        SpanEvent(e.time_ns, e.name, MappingProxyType(e.attributes)) for e in s.events])
+    c, py = both([proxied])
+    assert c == py == both([s])[0]
+    c, py = both_json([proxied])
+    assert c == py == both_json([s])[0]
     assert otlp_proto.Encoder(RESOURCE, *SCOPE).encode(spans()) == sdk_bytes(spans())
 
 
