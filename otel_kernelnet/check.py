@@ -162,7 +162,7 @@ def _encoder() -> Check:
     from .export import otlp_proto
     if otlp_proto.native_module() is not None:
         return Check("otlp encoder", OK, "C (otel_kernelnet.export._otlp_native)")
-    if os.environ.get(otlp_proto.NATIVE_ENV, "").strip() == "0":
+    if otlp_proto.native_off():
         return Check("otlp encoder", OK, f"Python ({otlp_proto.NATIVE_ENV}=0): the same bytes, ~5x the CPU per span")
     return Check("otlp encoder", DEGRADED, "Python: the C encoder was not built at install (the same bytes, "
                  "~5x the CPU per span)", "install gcc and the Python headers (python3-dev), then reinstall the package")

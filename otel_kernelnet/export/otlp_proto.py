@@ -132,9 +132,14 @@ def _event_rest(e: Any) -> bytes:
 NATIVE_ENV = "OTEL_KERNELNET_NATIVE"  # "0": encode in Python even where the C encoder is built
 
 
+def native_off() -> bool:
+    """The C encoder is turned off (``NATIVE_ENV=0``)."""
+    return os.environ.get(NATIVE_ENV, "").strip() == "0"
+
+
 def native_module() -> Any | None:
     """The C encoder's module, or None (not built, or turned off by ``NATIVE_ENV``)."""
-    if os.environ.get(NATIVE_ENV, "").strip() == "0":
+    if native_off():
         return None
     try:
         from . import _otlp_native
