@@ -106,6 +106,11 @@ class Scenario:
         """Counter cross-checks from ``ctx.facts`` and the exported spans."""
         return []
 
+    def lead(self, report: dict, kind: str) -> dict | None:
+        """The cause whose evidence :meth:`evidence_ok` judges: by default the most
+        confident winner of ``kind`` (:func:`lead_cause`)."""
+        return lead_cause(report, kind)
+
     def evidence_ok(self, cause: dict) -> list[str]:
         """Problems with the winning cause's evidence (empty: fine)."""
         return []
@@ -299,7 +304,7 @@ def report(s: Scenario, ctx: Context, data: Path, say: Callable[[str], None], t0
     if kind != s.expect:
         problems.append(f"expected {s.expect} first, got {kind or 'no cause at all'}")
     else:
-        problems += s.evidence_ok(lead_cause(rep, kind) or {})
+        problems += s.evidence_ok(s.lead(rep, kind) or {})
     problems += [f"cross-check: {c.what}: kernel {c.kernel} vs exported {c.exported}" for c in checks if not c.ok]
     say("")
     say(f"data: {data}  (`otel-kernelnet diagnose {data}` prints this diagnosis again; logs in {data / 'logs'})")

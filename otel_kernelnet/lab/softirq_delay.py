@@ -293,6 +293,21 @@ class SoftirqDelay(Scenario):
                   tail, exported, "equal", "every slow wait the kernel counted was exported"),
         ]
 
+    def lead(self, report: dict, kind: str) -> dict | None:
+        """The most confident winner among those naming the culprit that held NET_RX up
+        longest over all spikes. The most confident winner overall can come from the
+        baseline: on a VM, a vCPU the hypervisor does not run delays the IPI too, and the
+        task it was running (the collector, the idle task) is named (docs/lab.md)."""
+        wins = [s["causes"][0] for s in report["spikes"] if s["causes"] and s["causes"][0]["kind"] == kind]
+        held: dict = {}
+        for c in wins:
+            pid = c["evidence"].get("culprit_pid")
+            held[pid] = held.get(pid, 0.0) + (c["evidence"].get("culprit_ms") or 0.0)
+        if not held:
+            return None
+        top = max(held, key=held.get)
+        return max((c for c in wins if c["evidence"].get("culprit_pid") == top), key=lambda c: c["confidence"])
+
     def evidence_ok(self, cause: dict) -> list[str]:
         ev = cause.get("evidence", {})
         problems = [f"evidence lacks {k}" for k in ("culprit", "culprit_pid", "wait_ms") if not ev.get(k)]

@@ -45,14 +45,15 @@ def run_lab(name: str, output: Path, timeout: float = 120) -> tuple[int, str]:
     return r.returncode, r.stdout + r.stderr
 
 
-def top_cause(output: Path) -> tuple[str, dict]:
-    """(kind, winning cause) the way the lab judged it, from `diagnose` on the run's data."""
+def top_cause(output: Path, name: str) -> tuple[str, dict]:
+    """(kind, winning cause) the way lab ``name`` judged it, from `diagnose` on the run's data."""
     from kernelnet_analysis.diagnose import diagnose
 
-    from otel_kernelnet.lab.runner import first_kind, lead_cause
+    from otel_kernelnet.lab import scenario
+    from otel_kernelnet.lab.runner import first_kind
     rep = diagnose(str(output))
     kind, _, _ = first_kind(rep)
-    return kind, lead_cause(rep, kind) if kind else {}
+    return kind, scenario(name).lead(rep, kind) if kind else {}
 
 
 def cross_check_rows(text: str) -> list[str]:

@@ -10,7 +10,7 @@ def test_accept_overflow_is_diagnosed_as_listen_overflow(tmp_path):
     rc, text = run_lab("accept-overflow", out)
     assert rc == 0, text
     assert "PASS: listen_overflow came first" in text
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "accept-overflow")
     assert kind == "listen_overflow"
     ev = cause["evidence"]
     assert ev["listen_address"] == "10.88.0.1:8080"

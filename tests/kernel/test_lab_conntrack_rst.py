@@ -10,7 +10,7 @@ def test_conntrack_rst_is_diagnosed_as_conntrack_invalid_rst(tmp_path):
     rc, text = run_lab("conntrack-rst", out)
     assert rc == 0, text
     assert "PASS: conntrack_invalid_rst came first" in text
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "conntrack-rst")
     assert kind == "conntrack_invalid_rst"
     ev = cause["evidence"]
     assert ev["resets_sent"] >= 1, ev         # the client's RST to the un-NATed server address

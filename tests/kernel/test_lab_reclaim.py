@@ -19,7 +19,7 @@ def test_reclaim_is_diagnosed_as_memory_reclaim_of_the_server(tmp_path):
     assert m, text
     pid, cgroup = int(m.group(1)), m.group(2)
 
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "reclaim")
     assert kind == "memory_reclaim"
     ev = cause["evidence"]
     assert ev["stall_ms"] > 0

@@ -29,7 +29,7 @@ def test_reordering_is_diagnosed_as_reordering_retransmit(tmp_path):
     rc, text = run_lab("reordering", out)
     assert rc == 0, text
     assert "PASS: reordering_retransmit came first" in text
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "reordering")
     assert kind == "reordering_retransmit"
     ev = cause["evidence"]
     assert ev["fast"] > 0                                   # fast retransmits on the span's own socket
@@ -49,7 +49,7 @@ def test_loss_is_diagnosed_as_loss_retransmit(tmp_path):
     rc, text = run_lab("loss", out)
     assert rc == 0, text
     assert "PASS: loss_retransmit came first" in text
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "loss")
     assert kind == "loss_retransmit"
     ev = cause["evidence"]
     assert ev["timeout"] + ev["fast"] + ev["loss_probe"] > 0  # RTO, SACK hole or tail loss probe (TLP)

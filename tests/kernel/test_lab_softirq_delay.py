@@ -15,7 +15,7 @@ def test_softirq_delay_names_the_interrupts_off_reader(tmp_path):
     m = re.search(r"culprit to expect: (\S+) pid (\d+) on CPU (\d+)", text)
     assert m, text
     comm, pid, cpu = m.group(1), int(m.group(2)), int(m.group(3))
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "softirq-delay")
     assert kind == "softirq_delay"
     ev = cause["evidence"]
     # the winning softirq span names the reader that held CPU 1 with interrupts off

@@ -131,3 +131,26 @@ def test_a_signal_while_creating_waits_until_the_undo_is_registered(tmp_path):
                 lb.defer("resource", lambda: done.append("removed"))
             pytest.fail("the deferred interrupt was lost")
     assert done == ["removed"]
+
+
+def _delay(pid, conf, ms):
+    return {"causes": [{"kind": "softirq_delay", "confidence": conf,
+                        "evidence": {"culprit": f"t{pid}", "culprit_pid": pid, "culprit_ms": ms, "wait_ms": ms, "cpu": 1}}]}
+
+
+def test_softirq_delay_judges_the_culprit_that_held_net_rx_longest_not_one_confident_outlier():
+    """A CI run failed on a baseline spike (hypervisor steal while the collector ran) whose
+    cause was as confident as the reader's best: the reader held NET_RX up far longer."""
+    from otel_kernelnet.lab.softirq_delay import SoftirqDelay
+    s = SoftirqDelay()
+    s._reader_pid = 7
+    rep = {"spikes": [_delay(3, 0.9, 14.7), _delay(7, 0.9, 15.0), _delay(7, 0.6, 7.0), _delay(0, 0.9, 4.0),
+                      _spike("memory_reclaim", conf=0.99)]}
+    assert lead_cause(rep, "softirq_delay")["evidence"]["culprit_pid"] == 3  # the generic choice
+    chosen = s.lead(rep, "softirq_delay")
+    assert chosen["evidence"]["culprit_pid"] == 7 and chosen["confidence"] == 0.9
+    assert s.evidence_ok(chosen) == []
+    # the reader named less than another task: the run fails
+    rep = {"spikes": [_delay(3, 0.5, 30.0), _delay(7, 0.9, 15.0)]}
+    assert s.evidence_ok(s.lead(rep, "softirq_delay")) == ["culprit is t3 pid 3, not the reader pid 7"]
+    assert s.lead({"spikes": [_spike("memory_reclaim")]}, "softirq_delay") is None
