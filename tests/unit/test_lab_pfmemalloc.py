@@ -72,7 +72,7 @@ def test_pfmemalloc_replay_is_diagnosed_as_pfmemalloc_drop(tmp_path):
     assert "REPLAY: the kernel events of this scenario are SYNTHETIC" in text
     assert "PASS: pfmemalloc_drop came first" in text
 
-    kind, cause = top_cause(out)
+    kind, cause = top_cause(out, "pfmemalloc")
     assert kind == "pfmemalloc_drop"
     ev = cause["evidence"]
     assert ev["reason"] == "PFMEMALLOC"
