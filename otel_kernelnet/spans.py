@@ -26,21 +26,21 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 AttrValue = str | int | float | bool
 
 
-@dataclass
+@dataclass(slots=True)
 class SpanEvent:
     time_ns: int
     name: str
     attributes: dict[str, AttrValue] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class SpanLink:
     trace_id: bytes
     span_id: bytes
     attributes: dict[str, AttrValue] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class KernelSpan:
     name: str
     trace_id: bytes  # 16 bytes

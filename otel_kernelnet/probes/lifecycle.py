@@ -261,7 +261,7 @@ def slot_bits(max_in_flight: int) -> int:
 
 
 # --- decode ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LifeEvent:
     """A decoded ``struct kn_life_event`` (see bpf/lifecycle.h for each field)."""
     t_arrival: int

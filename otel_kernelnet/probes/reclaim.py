@@ -303,7 +303,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
 
 
 # --- decode ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ReclaimEvent:
     """A decoded ``struct kn_reclaim_event`` (see bpf/reclaim.h)."""
     type: int

@@ -219,7 +219,7 @@ def _choose_raw(btf: Any | None, usable: Mapping[str, TracepointFormat], d: dict
 
 
 # --- decode ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Culprit:
     pid: int
     tid: int
@@ -228,7 +228,7 @@ class Culprit:
     ns: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SoftirqEvent:
     """A decoded ``struct kn_softirq_event`` (see bpf/softirq.h)."""
     cpu: int

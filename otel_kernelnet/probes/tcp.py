@@ -344,7 +344,7 @@ def plan(formats: Mapping[str, TracepointFormat | None] | None = None, btf: Any 
 
 
 # --- decode ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TcpEvent:
     """A decoded ``struct kn_tcp_event`` (see bpf/tcp.h for each field's meaning)."""
     type: int

@@ -12,6 +12,7 @@ unresolved names (``{ TCP_ESTABLISHED, "TCP_ESTABLISHED" }``), so only
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -227,9 +228,7 @@ def test_connect_span_complete_output():
 
 
 def ev_of(**kw):
-    base = tcp.decode(REC)
-    fields = {**base.__dict__, **kw}
-    return tcp.TcpEvent(**fields)
+    return dataclasses.replace(tcp.decode(REC), **kw)
 
 
 @pytest.mark.parametrize("state,ca,has_ca,expected", [
