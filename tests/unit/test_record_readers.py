@@ -263,3 +263,16 @@ def test_submit_from_several_threads_loses_nothing_it_accepted():
     p.close(timeout_s=30)
     assert p.exported + p.dropped_queue_full + p.failed == 20000
     assert p.failed == 0 and sum(sink.batches) == p.exported
+
+
+def test_per_record_classes_are_slotted_not_frozen():
+    """Built once per kernel record or span: a frozen dataclass sets each field through
+    object.__setattr__ (a 30-field LifeEvent took ~5.7 us to build, slotted ~0.3 us;
+    docs/benchmarks.md section 6). A class turned frozen or dict-backed again fails here."""
+    from otel_kernelnet import spans
+    from otel_kernelnet.probes import lifecycle, reclaim, softirq, tcp
+    classes = (spans.DropEvent, lifecycle.LifeEvent, softirq.SoftirqEvent, softirq.Culprit, tcp.TcpEvent,
+               reclaim.ReclaimEvent, spans.KernelSpan, spans.SpanEvent, spans.SpanLink)
+    for cls in classes:
+        assert "__slots__" in cls.__dict__, f"{cls.__name__} has no __slots__"
+        assert not cls.__dataclass_params__.frozen, f"{cls.__name__} is frozen"
