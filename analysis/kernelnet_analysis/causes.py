@@ -90,6 +90,11 @@ REMEDIES = {
                       "churn, and raise vm.min_free_kbytes / vm.watermark_scale_factor so kswapd reclaims ahead.",
     "softirq_delay": "NET_RX waited for a CPU held by another task. Move that task off the CPUs that handle "
                      "NET_RX (cpuset/taskset; e.g. pin kubelet away) or spread receive work with RPS/RSS.",
+    "vcpu_stall": "NET_RX waited while its CPU was idle: nothing held the CPU, the CPU itself did not run. "
+                  "On a VM the hypervisor did not run the vCPU (steal time: the steal column of /proc/stat, "
+                  "node_cpu_seconds_total{mode=\"steal\"}). Use instances without CPU overcommit (dedicated or "
+                  "pinned vCPUs) or spread NET_RX over more vCPUs with RPS/RSS; on bare metal look for SMIs and "
+                  "deep C-state exit latency.",
     "softirq_long_run": "The receive softirq itself ran long: look for code holding locks with interrupts off "
                         "(e.g. a periodic reader of /proc/pagetypeinfo holding zone->lock) and stop it; spread "
                         "NET_RX with RPS so one long run does not stall every flow.",
@@ -266,10 +271,18 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
 
     # --- softirq -----------------------------------------------------------------------------
     sirq = e.filter(kind_col == sc.KIND_SOFTIRQ)
+    # A wait held by the idle task (pid 0, swapper/N) for most of it: nothing held the CPU, the
+    # CPU itself did not run. Idle with interrupts on takes an IPI or a raise in microseconds; on a
+    # VM, milliseconds mean the hypervisor did not run the vCPU (steal), which no task's move fixes.
+    idle_held = ((pl.col("kernelnet.culprit.pid") == 0)
+                 & (pl.col("kernelnet.culprit.ns").fill_null(0) * 2 >= pl.col("kernelnet.softirq.wait_ns").fill_null(0)))
     for kind, col in (("softirq_delay", "kernelnet.softirq.wait_ns"), ("softirq_long_run", "kernelnet.softirq.run_ns")):
         v = pl.col(col).fill_null(0)
+        kind_expr = pl.lit(kind)
+        if kind == "softirq_delay":
+            kind_expr = pl.when(idle_held.fill_null(False)).then(pl.lit("vcpu_stall")).otherwise(kind_expr)
         out.append(_best_rows(
-            sirq.filter(v >= 1_000_000), pl.lit(kind),
+            sirq.filter(v >= 1_000_000), kind_expr,
             pl.col("strength") * (0.3 + 0.65 * _explain(v)),
             pl.struct(wait_ms=_ms(pl.col("kernelnet.softirq.wait_ns")), run_ms=_ms(pl.col("kernelnet.softirq.run_ns")),
                       cpu=pl.col("kernelnet.cpu"), vector=pl.col("kernelnet.softirq.vector"),

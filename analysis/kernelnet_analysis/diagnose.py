@@ -30,7 +30,7 @@ from .spikes import detect_spikes
 #: the diagnose kinds of the contract (plus ``drop:<REASON>`` for any other drop reason)
 KINDS = ("pfmemalloc_drop", "memory_reclaim", "softirq_delay", "softirq_long_run", "conntrack_invalid_rst",
          "reordering_retransmit", "loss_retransmit", "listen_overflow", "rcvbuf_drop", "netfilter_drop",
-         "no_socket_rst")
+         "no_socket_rst", "vcpu_stall")
 
 #: a cause at or above this confidence is called "likely" in the human output
 HIGH_CONFIDENCE = 0.7

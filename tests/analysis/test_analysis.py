@@ -5,7 +5,8 @@ import json
 import polars as pl
 import pytest
 
-from kernelnet_analysis import detect_spikes, diagnose, join_kernel, rank_causes, synth
+from kernelnet_analysis import KINDS, detect_spikes, diagnose, join_kernel, rank_causes, synth
+from kernelnet_analysis.causes import remedy
 from kernelnet_analysis.otlp import FrameBuilder
 
 MS = 1_000_000
@@ -234,6 +235,30 @@ def test_rank_skb_backlog_wait_is_softirq_delay():
     assert (r[0][2]["backlog_wait_ms"], r[0][2]["cpu"], r[0][2]["match"]) == (250.0, 1, "cookie")
     r = _rank(world(True))
     assert r[0][0] == "softirq_delay" and r[0][1] >= 0.8 and r[0][2]["culprit"] == "kubelet"  # the linked span wins
+
+
+def test_a_wait_the_idle_task_held_is_a_vcpu_stall_not_a_culprit_to_move():
+    """The softirq-delay lab's baseline on this VM: NET_RX waited ms while its CPU ran only
+    the idle task (pid 0), i.e. the hypervisor did not run the vCPU; 'move swapper/1 off
+    the NET_RX CPUs' would be no advice at all."""
+    def world(pid, comm, held_ms):
+        w = World()
+        baseline(w)
+        w.app_span("s", 5000, 300, **_sock())
+        q = w.kernel("q", 5010, 251, "softirq", kernelnet__softirq__wait_ns=250 * MS, kernelnet__cpu=1,
+                     kernelnet__culprit__comm=comm, kernelnet__culprit__pid=pid, kernelnet__culprit__ns=held_ms * MS)
+        w.kernel("k", 5010, 260, "skb", links=[("q", q)], **{"kernelnet.socket.cookie": 7,
+                 "kernelnet.skb.backlog_wait_ns": 250 * MS, "kernelnet.skb.arrival_cpu": 1, "kernelnet.skb.end": "read"})
+        return w.finish()
+    r = _rank(world(0, "swapper/1", 240))
+    assert r[0][0] == "vcpu_stall" and r[0][1] >= 0.8
+    assert (r[0][2]["culprit"], r[0][2]["culprit_pid"], r[0][2]["wait_ms"]) == ("swapper/1", 0, 250.0)
+    assert "hypervisor" in remedy("vcpu_stall") and "vcpu_stall" in KINDS
+    # a task held it: the culprit to move, as before
+    r = _rank(world(812, "kubelet", 240))
+    assert r[0][0] == "softirq_delay" and r[0][2]["culprit_pid"] == 812
+    # idle for less than half the wait: a task held the rest, still softirq_delay
+    assert _rank(world(0, "swapper/1", 100))[0][0] == "softirq_delay"
 
 
 def test_rank_synack_retransmits_and_zones_below_min():
