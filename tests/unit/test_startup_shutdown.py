@@ -376,3 +376,33 @@ def test_loader_wait_sleeps_until_a_wake_up_or_an_interrupt():
     loader.interrupt()  # after close: a no-op
     os.close(ring.w)
     os.close(ring.fd)
+
+
+def test_quiet_gc_freezes_the_start_up_heap_raises_gen0_and_restores_both(tmp_path):
+    import gc
+
+    from otel_kernelnet.collector import GC_GEN0_THRESHOLD, QuietGc
+    before, frozen0 = gc.get_threshold(), gc.get_freeze_count()
+    assert frozen0 == 0, "another test left objects frozen"
+    q = QuietGc()
+    q.start()
+    try:
+        assert gc.get_threshold() == (max(GC_GEN0_THRESHOLD, before[0]), *before[1:])
+        assert gc.get_freeze_count() > 1000  # the test process's modules and objects
+        late = [[i] for i in range(100)]  # a late load (kallsyms) joins the frozen heap
+        n = gc.get_freeze_count()
+        q.freeze()
+        assert gc.get_freeze_count() >= n + 100
+        q.start()  # a second start changes nothing
+        assert gc.get_threshold()[0] == max(GC_GEN0_THRESHOLD, before[0])
+    finally:
+        q.restore()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    q.freeze()  # after restore (the symbol thread finishing late): no freeze
+    assert gc.get_freeze_count() == 0
+    del late
+    # the collector's shutdown restores them on its exit path
+    col = make_collector(tmp_path)
+    col._gc.start()
+    col._shutdown(FakeLoader(col._emit), None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
