@@ -219,11 +219,26 @@ def window(make_sink: Callable[[], Any], records, seconds: float, rate: float | 
     return out
 
 
-def child(endpoint: str, seconds: float) -> int:
+def collector_gc(mode: str) -> str:
+    """The cyclic GC as the collector of the code on sys.path runs it once started
+    (``collector.QuietGc``: start-up heap frozen, first threshold raised; older code:
+    Python's defaults, as its collector ran), or Python's defaults (``mode`` "default")."""
+    if mode == "default":
+        return "default"
+    try:
+        from otel_kernelnet.collector import QuietGc
+    except ImportError:
+        return "default (this code's collector has no QuietGc)"
+    QuietGc().start()
+    return "collector (QuietGc)"
+
+
+def child(endpoint: str, seconds: float, gc_mode: str) -> int:
     """One gRPC ceiling window (after a 0.5 s warm-up) of whichever otel_kernelnet is on
     sys.path; the window's figures as one JSON line on stdout."""
     import otel_kernelnet
     _buf, records = make_records(20000)
+    collector_gc(gc_mode)
     target = OtlpTarget(endpoint, "grpc", "bench")
     make = lambda: OtlpSink(target, RESOURCE, SCOPE, timeout_s=10)  # noqa: E731
     window(make, records, 0.5)
@@ -241,12 +256,12 @@ def extract(commit: str, into: str) -> str:
     return into
 
 
-def run_child(root: str | None, endpoint: str, seconds: float) -> dict[str, Any]:
+def run_child(root: str | None, endpoint: str, seconds: float, gc_mode: str) -> dict[str, Any]:
     env = dict(os.environ)
     env.pop("KN_BENCH_ROOT", None)
     if root:
         env["KN_BENCH_ROOT"] = root
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", endpoint, "--window", str(seconds)],
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", endpoint, "--window", str(seconds), "--gc", gc_mode],
                        env=env, capture_output=True, text=True, timeout=120 + 2 * seconds)
     if p.returncode:
         raise RuntimeError(f"child ({root or 'this tree'}) failed: {p.stderr[-2000:]}")
@@ -256,13 +271,13 @@ def run_child(root: str | None, endpoint: str, seconds: float) -> dict[str, Any]
     return out
 
 
-def previous_vs_now(baseline: str, endpoint: str, pairs: int, seconds: float, tmp: str) -> dict[str, Any]:
+def previous_vs_now(baseline: str, endpoint: str, pairs: int, seconds: float, tmp: str, gc_mode: str) -> dict[str, Any]:
     """Paired ABBA child windows: the baseline commit's otel_kernelnet against this tree's."""
     root = extract(baseline, tempfile.mkdtemp(prefix="baseline-", dir=tmp))
     ratios, rows = [], []
     for i in range(pairs):
         order = ("previous", "now") if i % 2 == 0 else ("now", "previous")
-        got = {w: run_child(root if w == "previous" else None, endpoint, seconds) for w in order}
+        got = {w: run_child(root if w == "previous" else None, endpoint, seconds, gc_mode) for w in order}
         r = got["previous"]["us_per_span"] / got["now"]["us_per_span"]
         ratios.append(r)
         rows.append({w: {"us_per_span": got[w]["us_per_span"], "spans_per_cpu_s": got[w]["spans_per_cpu_s"],
@@ -287,12 +302,16 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=None, help="seconds per paired window")
     ap.add_argument("--rate", type=float, default=None, help="offered spans/s of the sustained run")
     ap.add_argument("--seconds", type=float, default=None, help="length of the sustained run")
+    ap.add_argument("--gc", choices=("collector", "default"), default="collector",
+                    help="the cyclic GC as the collector runs it once started (default), or Python's defaults")
     a = ap.parse_args()
     win = a.window or (1.5 if a.quick else 4.0)
     if a.child:
-        return child(a.child, win)
+        return child(a.child, win, a.gc)
     sustain_s = a.seconds or (10.0 if a.quick else 60.0)
     _buf, records = make_records(20000)
+    gc_used = collector_gc(a.gc)
+    log(f"cyclic GC: {gc_used}")
     with Rotel() as rotel, tempfile.TemporaryDirectory(prefix="kn-bench-") as tmp:
         grpc_t = OtlpTarget(rotel.grpc_endpoint, "grpc", "bench")
         http_t = OtlpTarget(rotel.http_endpoint, "http/protobuf", "bench")
@@ -300,7 +319,7 @@ def main() -> int:
         old = lambda: SdkSink(rotel.grpc_endpoint)  # noqa: E731
         previous = None
         if a.baseline != "none":
-            previous = previous_vs_now(a.baseline, rotel.grpc_endpoint, a.pairs, win * 2, tmp)
+            previous = previous_vs_now(a.baseline, rotel.grpc_endpoint, a.pairs, win * 2, tmp, a.gc)
         window(new, records, 0.5)  # warm both paths (imports, connections, caches)
         window(old, records, 0.5)
         ratios, pairs = [], []
@@ -343,7 +362,7 @@ def main() -> int:
         sus["queue_growing"] = bool(q) and statistics.mean(q[-third:]) > statistics.mean(q[:third]) + BATCH
         sus["offered_rate"] = round(rate)
         sus["pass"] = sus["loss_fraction"] < 0.001 and not sus["queue_growing"]
-    result("pipeline", quick=a.quick, window_s=win, record="drop (kn_drop_event, %d B)" % ctypes.sizeof(drop.RECORD),
+    result("pipeline", quick=a.quick, window_s=win, gc=gc_used, record="drop (kn_drop_event, %d B)" % ctypes.sizeof(drop.RECORD),
            receiver="rotel blackhole (OTLP gRPC/HTTP)", batch=BATCH,
            previous_over_now_cpu_per_span=previous,
            sdk_over_otlp_proto_cpu_per_span=paired(ratios), pairs=pairs,
