@@ -2,7 +2,7 @@
 
 Every benchmark prints exactly one machine-readable line on stdout,
 ``BENCH {json}``, whose object holds ``bench``, ``date``, ``conditions`` (kernel,
-CPU, versions, load average) and the figures; progress goes to stderr. Processes a
+CPU, versions, load average at start and end, steal since the start) and the figures; progress goes to stderr. Processes a
 benchmark starts are stopped by pid on every exit path.
 """
 
@@ -44,8 +44,31 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def _cpu_jiffies() -> list[int]:
+    """The node's aggregate CPU times from /proc/stat (user nice system idle iowait irq
+    softirq steal ...), empty when unreadable."""
+    line = _read("/proc/stat").split("\n", 1)[0].split()
+    return [int(x) for x in line[1:]] if line[:1] == ["cpu"] else []
+
+
+# taken when a benchmark starts (its first import of this module)
+_START_LOADAVG, _START_JIFFIES = _read("/proc/loadavg"), _cpu_jiffies()
+
+
+def steal_pct_since_start() -> float | None:
+    """Share of the node's CPU time the hypervisor ran something else since the start
+    (steal, /proc/stat): a VM's neighbours slow every figure without showing in load."""
+    now = _cpu_jiffies()
+    if len(now) < 8 or len(_START_JIFFIES) < 8:
+        return None
+    d = [b - a for a, b in zip(_START_JIFFIES, now)]
+    total = sum(d[:8])  # guest time is already inside user and nice
+    return round(100 * d[7] / total, 2) if total > 0 else None
+
+
 def conditions() -> dict[str, Any]:
-    """What a figure depends on: kernel, CPU, mitigations, clocksource, versions, load."""
+    """What a figure depends on: kernel, CPU, mitigations, clocksource, versions, load
+    and the hypervisor's steal over the run."""
     cpu = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines()
                 if ln.startswith("model name")), platform.processor())
     vulns = {p.name: p.read_text().strip() for p in sorted(Path("/sys/devices/system/cpu/vulnerabilities").glob("*"))
@@ -59,7 +82,9 @@ def conditions() -> dict[str, Any]:
         "spectre_v2": vulns.get("spectre_v2", ""),
         "python": platform.python_version(),
         "versions": {m: _version(m) for m in ("opentelemetry-sdk", "protobuf", "grpcio", "rotel")},
-        "loadavg_at_start": _read("/proc/loadavg"),
+        "loadavg_at_start": _START_LOADAVG,
+        "loadavg_at_end": _read("/proc/loadavg"),
+        "steal_pct_since_start": steal_pct_since_start(),
     }
 
 
