@@ -55,23 +55,27 @@ class QuietGc:
     def __init__(self, gen0: int = GC_GEN0_THRESHOLD):
         self.gen0 = gen0
         self._old: tuple[int, ...] | None = None
+        self._lock = threading.Lock()  # freeze() comes from the kallsyms thread, maybe after restore()
 
     def start(self) -> None:
-        if self._old is None:
-            self._old = gc.get_threshold()
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(max(self.gen0, self._old[0]), *self._old[1:])
+        with self._lock:
+            if self._old is None:
+                self._old = gc.get_threshold()
+                gc.collect()
+                gc.freeze()
+                gc.set_threshold(max(self.gen0, self._old[0]), *self._old[1:])
 
     def freeze(self) -> None:
-        if self._old is not None:
-            gc.freeze()
+        with self._lock:
+            if self._old is not None:
+                gc.freeze()
 
     def restore(self) -> None:
-        if self._old is not None:
-            gc.set_threshold(*self._old)
-            gc.unfreeze()
-            self._old = None
+        with self._lock:
+            if self._old is not None:
+                gc.set_threshold(*self._old)
+                gc.unfreeze()
+                self._old = None
 
 
 class StartError(Exception):
