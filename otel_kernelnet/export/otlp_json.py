@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from ..spans import KernelSpan
 from .attr_cache import EVENTS_MAX, PER_KEY_MAX, AttrCache, EventCache
-from .otlp_proto import native_module
+from .otlp_proto import encode_native, native_module
 
 
 def any_value(v: Any) -> dict[str, Any]:
@@ -172,12 +172,9 @@ class Encoder:
         return "".join(parts)
 
     def encode_line(self, spans: Iterable[KernelSpan]) -> bytes:
-        if self.native is not None:
-            spans = spans if isinstance(spans, (list, tuple)) else list(spans)
-            try:
-                return b"".join([self._head_b, self.native.encode_spans_json(spans, _str, _kv_text), b"]}]}]}\n"])
-            except Exception:  # not a span the C encoder reads: the Python encoder decides
-                self.fallbacks += 1
+        spans, body = encode_native(self, "encode_spans_json", spans, _str, _kv_text)
+        if body is not None:
+            return b"".join([self._head_b, body, b"]}]}]}\n"])
         span = self.span
         return (self._head + ",".join([span(s) for s in spans]) + "]}]}]}\n").encode()
 

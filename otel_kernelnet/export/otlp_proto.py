@@ -148,6 +148,20 @@ def native_module() -> Any | None:
     return _otlp_native
 
 
+def encode_native(enc: Any, method: str, spans: Iterable[KernelSpan], *args: Any) -> tuple[Sequence[KernelSpan], bytes | None]:
+    """The batch as a sequence, and the bytes of ``enc.native.<method>(spans, *args)``:
+    None without the C encoder, or when it refused the batch (a value it does not read;
+    counted in ``enc.fallbacks``): then the Python encoder, the reference, writes it."""
+    spans = spans if isinstance(spans, (list, tuple)) else list(spans)
+    if enc.native is None:
+        return spans, None
+    try:
+        return spans, getattr(enc.native, method)(spans, *args)
+    except Exception:
+        enc.fallbacks += 1
+        return spans, None
+
+
 class Encoder:
     """Encodes batches for one resource and scope; keeps the attribute cache.
 
@@ -200,14 +214,7 @@ class Encoder:
 
     def encode(self, spans: Iterable[KernelSpan]) -> bytes:
         """``ExportTraceServiceRequest`` bytes for a batch (empty batch: empty request)."""
-        body = None
-        if self.native is not None:
-            spans = spans if isinstance(spans, (list, tuple)) else list(spans)
-            try:
-                body = self.native.encode_spans(spans, any_value)
-            except Exception:  # not a span the C encoder reads: the Python encoder decides
-                body = None
-                self.fallbacks += 1
+        spans, body = encode_native(self, "encode_spans", spans, any_value)
         if body is None:
             span = self.span
             body = b"".join([_ld(b"\x12", span(s)) for s in spans])
