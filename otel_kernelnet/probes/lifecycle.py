@@ -295,9 +295,6 @@ class LifeEvent:
     comm: str
     ifname: str
 
-    def has(self, flag: str) -> bool:
-        return bool(self.flags & DEFS[f"KN_LIFE_F_{flag}"])
-
 
 # one struct.unpack_from in LifeEvent's field order, at the header's offsets (records.py)
 _READ_EVENT = records.event_reader(records.layout("lifecycle", "kn_life_event"), LifeEvent, text=("comm", "ifname"))
