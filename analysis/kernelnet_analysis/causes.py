@@ -275,14 +275,13 @@ def rank_causes(joined: pl.DataFrame, spikes: pl.DataFrame) -> pl.DataFrame:
     # CPU itself did not run. Idle with interrupts on takes an IPI or a raise in microseconds; on a
     # VM, milliseconds mean the hypervisor did not run the vCPU (steal), which no task's move fixes.
     idle_held = ((pl.col("kernelnet.culprit.pid") == 0)
-                 & (pl.col("kernelnet.culprit.ns").fill_null(0) * 2 >= pl.col("kernelnet.softirq.wait_ns").fill_null(0)))
-    for kind, col in (("softirq_delay", "kernelnet.softirq.wait_ns"), ("softirq_long_run", "kernelnet.softirq.run_ns")):
+                 & (pl.col("kernelnet.culprit.ns").fill_null(0) * 2 >= pl.col("kernelnet.softirq.wait_ns").fill_null(0))
+                 ).fill_null(False)
+    delay_kind = pl.when(idle_held).then(pl.lit("vcpu_stall")).otherwise(pl.lit("softirq_delay"))
+    for kind, col in ((delay_kind, "kernelnet.softirq.wait_ns"), (pl.lit("softirq_long_run"), "kernelnet.softirq.run_ns")):
         v = pl.col(col).fill_null(0)
-        kind_expr = pl.lit(kind)
-        if kind == "softirq_delay":
-            kind_expr = pl.when(idle_held.fill_null(False)).then(pl.lit("vcpu_stall")).otherwise(kind_expr)
         out.append(_best_rows(
-            sirq.filter(v >= 1_000_000), kind_expr,
+            sirq.filter(v >= 1_000_000), kind,
             pl.col("strength") * (0.3 + 0.65 * _explain(v)),
             pl.struct(wait_ms=_ms(pl.col("kernelnet.softirq.wait_ns")), run_ms=_ms(pl.col("kernelnet.softirq.run_ns")),
                       cpu=pl.col("kernelnet.cpu"), vector=pl.col("kernelnet.softirq.vector"),
