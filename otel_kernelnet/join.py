@@ -386,8 +386,9 @@ class Join:
         self.stats.kernel_spans += 1
         task = reclaim_keys(span)
         if task is None:
-            cookie, tup = kernel_keys(span)
-            if not span.links and ((cookie is None and tup is None) or not self.active):
+            # inactive and no links: nothing to wait for, so the keys are not even needed
+            cookie, tup = kernel_keys(span) if span.links or self.active else (None, None)
+            if not span.links and cookie is None and tup is None:
                 self.stats.unjoined += 1
                 self.emit(span)
                 return
