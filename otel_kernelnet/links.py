@@ -106,13 +106,25 @@ class LinkIndex:
         """Index a softirq span of ``cpu``. Returns True when the span is held (a scoped
         collector: the caller must not emit it; it is emitted once a packet links to
         it), False when the caller emits it now."""
+        entry = self._entry(span)
         with self._lock:
-            q = self._softirq.setdefault(cpu, deque(maxlen=self._per_cpu))
-            if len(q) == q.maxlen:
+            q = self._softirq.get(cpu)
+            if q is None:
+                q = self._softirq[cpu] = deque()
+            if len(q) >= self._per_cpu:
                 self.evicted += 1
-                if self._held.pop(q[0].span_id, None) is not None:
+                if self._held.pop(q.popleft().span_id, None) is not None:
                     self.softirq_discarded += 1
-            q.append(self._entry(span))
+            # kept in order of end time, so a query stops at the first entry that ended
+            # before its interval: one CPU's softirqs end in order, so this appends, but
+            # for a record that comes late
+            i = len(q)
+            while i and q[i - 1].end_ns > entry.end_ns:
+                i -= 1
+            if i == len(q):
+                q.append(entry)
+            else:
+                q.insert(i, entry)
             if self._hold_emit is None:
                 return False
             if any(s <= span.end_ns and e >= span.start_ns for s, e in self._pulls.get(cpu, ())):
@@ -143,9 +155,16 @@ class LinkIndex:
         spans it overlaps are emitted now, and the interval is remembered for softirq
         spans that arrive after it."""
         release: list[KernelSpan] = []
+        hits: list[Entry] = []
         with self._lock:
-            q = self._softirq.get(cpu, ())
-            hits = [e for e in q if e.start_ns <= end_ns and e.end_ns >= start_ns]
+            # newest end first, back to the first entry that ended before start_ns
+            # (add_softirq keeps them in order of end): a few entries, not all per_cpu
+            for e in reversed(self._softirq.get(cpu, ())):
+                if e.end_ns < start_ns:
+                    break
+                if e.start_ns <= end_ns:
+                    hits.append(e)
+            hits.reverse()
             if self._hold_emit is not None:
                 self._pulls.setdefault(cpu, deque(maxlen=self._per_cpu)).append((start_ns, end_ns))
                 for e in hits:
