@@ -37,7 +37,7 @@ import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import semconv as sc
 from .spans import KernelSpan, SpanLink
@@ -58,6 +58,15 @@ class Entry:
         return SpanLink(self.trace_id, self.span_id, {sc.KIND: self.kind})
 
 
+def _ending_since(q: deque[Entry] | tuple, t_ns: int) -> Iterator[Entry]:
+    """The entries of an end-ordered deque (``LinkIndex._insert``) that end at or after
+    ``t_ns``, the latest end first."""
+    for e in reversed(q):
+        if e.end_ns < t_ns:
+            return
+        yield e
+
+
 @dataclass
 class Snapshot:
     t_ns: int
@@ -66,12 +75,17 @@ class Snapshot:
     span: Entry | None = None  # the zone_below_min span emitted for this sample, if any
 
 
+def _sample_time(s: Snapshot) -> int:
+    return s.t_ns
+
+
 class LinkIndex:
     def __init__(self, per_cpu: int = 256, reclaims: int = 2048, snapshots: int = 512):
         self._lock = threading.Lock()
         self._per_cpu = per_cpu
         self._softirq: dict[int, deque[Entry]] = {}
-        self._reclaim: deque[Entry] = deque(maxlen=reclaims)
+        self._reclaims = reclaims
+        self._reclaim: deque[Entry] = deque()
         self._snapshots: deque[Snapshot] = deque(maxlen=snapshots)
         self.evicted = 0
         # scoped softirq (hold_softirq): spans not emitted yet, by span id; recent packet intervals per CPU
@@ -111,20 +125,9 @@ class LinkIndex:
             q = self._softirq.get(cpu)
             if q is None:
                 q = self._softirq[cpu] = deque()
-            if len(q) >= self._per_cpu:
-                self.evicted += 1
-                if self._held.pop(q.popleft().span_id, None) is not None:
-                    self.softirq_discarded += 1
-            # kept in order of end time, so a query stops at the first entry that ended
-            # before its interval: one CPU's softirqs end in order, so this appends, but
-            # for a record that comes late
-            i = len(q)
-            while i and q[i - 1].end_ns > entry.end_ns:
-                i -= 1
-            if i == len(q):
-                q.append(entry)
-            else:
-                q.insert(i, entry)
+            old = self._insert(q, entry, self._per_cpu)
+            if old is not None and self._held.pop(old.span_id, None) is not None:
+                self.softirq_discarded += 1
             if self._hold_emit is None:
                 return False
             if any(s <= span.end_ns and e >= span.start_ns for s, e in self._pulls.get(cpu, ())):
@@ -134,10 +137,28 @@ class LinkIndex:
             return True
 
     def add_reclaim(self, span: KernelSpan, pid: int = 0, cgroup: int = 0, cgroup_path: str = "") -> None:
+        entry = self._entry(span, pid=pid, cgroup=cgroup, cgroup_path=cgroup_path or "")
         with self._lock:
-            if len(self._reclaim) == self._reclaim.maxlen:
-                self.evicted += 1
-            self._reclaim.append(self._entry(span, pid=pid, cgroup=cgroup, cgroup_path=cgroup_path or ""))
+            self._insert(self._reclaim, entry, self._reclaims)
+
+    def _insert(self, q: deque[Entry], entry: Entry, limit: int) -> Entry | None:
+        """Add ``entry`` to ``q``, which is kept in order of end time, and return the entry
+        evicted to make room (the earliest end; counted), if any. Spans are emitted when
+        they end, so this is an append but for a record that comes late (another CPU's
+        ring, or a nested program): the queries below stop at the first entry that ended
+        before their interval instead of reading all of them. Lock held."""
+        old = None
+        if len(q) >= limit:
+            old = q.popleft()
+            self.evicted += 1
+        i = len(q)
+        while i and q[i - 1].end_ns > entry.end_ns:
+            i -= 1
+        if i == len(q):
+            q.append(entry)
+        else:
+            q.insert(i, entry)
+        return old
 
     def add_snapshot(self, t_ns: int, zones: list[dict[str, Any]], below_min: list[str],
                      span: KernelSpan | None = None) -> None:
@@ -157,11 +178,7 @@ class LinkIndex:
         release: list[KernelSpan] = []
         hits: list[Entry] = []
         with self._lock:
-            # newest end first, back to the first entry that ended before start_ns
-            # (add_softirq keeps them in order of end): a few entries, not all per_cpu
-            for e in reversed(self._softirq.get(cpu, ())):
-                if e.end_ns < start_ns:
-                    break
+            for e in _ending_since(self._softirq.get(cpu, ()), start_ns):
                 if e.start_ns <= end_ns:
                     hits.append(e)
             hits.reverse()
@@ -184,8 +201,8 @@ class LinkIndex:
         [start_ns, end_ns]; with neither, every reclaim span (node-wide pressure)."""
         with self._lock:
             out = []
-            for e in self._reclaim:
-                if e.start_ns > end_ns or e.end_ns < start_ns:
+            for e in _ending_since(self._reclaim, start_ns):
+                if e.start_ns > end_ns:
                     continue
                 if pid is not None or cgroup is not None:
                     mine = (pid is not None and e.pid == pid) or (
@@ -194,6 +211,7 @@ class LinkIndex:
                     if not mine:
                         continue
                 out.append(e.link())
+            out.reverse()
             return out
 
     def memory_pressure_at(self, t_ns: int, window_ns: int = 1_000_000_000) -> dict[str, Any] | None:
@@ -205,12 +223,13 @@ class LinkIndex:
         ``{"sampled_ns": int, "below_min": ["node0/Normal"], "zones": [{...}], "links": [SpanLink]}``
         """
         with self._lock:
-            times = [s.t_ns for s in self._snapshots]
-            i = bisect.bisect_right(times, t_ns) - 1
+            # samples are taken in time order; bisect instead of a list of all their times
+            i = bisect.bisect_right(self._snapshots, t_ns, key=_sample_time) - 1
             if i < 0:
                 return None
             snap = self._snapshots[i]
-            links = [snap.span.link()] if snap.span is not None else []
-            links += [e.link() for e in self._reclaim if e.start_ns <= t_ns and e.end_ns >= t_ns - window_ns]
+            stalls = [e.link() for e in _ending_since(self._reclaim, t_ns - window_ns) if e.start_ns <= t_ns]
+            stalls.reverse()
+            links = ([snap.span.link()] if snap.span is not None else []) + stalls
             return {"sampled_ns": snap.t_ns, "below_min": list(snap.below_min),
                     "zones": [dict(z) for z in snap.zones], "links": links}

@@ -51,20 +51,27 @@ def test_bounded():
 @settings(max_examples=300, deadline=None)
 @given(spans=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), max_size=40),
        queries=st.lists(st.tuples(st.integers(0, 1300), st.integers(0, 300)), min_size=1, max_size=10),
-       per_cpu=st.integers(1, 12))
-def test_softirq_queries_match_a_full_scan_whatever_the_order_spans_come_in(spans, queries, per_cpu):
-    """The index keeps a CPU's entries in order of end time and a query stops at the
-    first that ended before its interval; spans that come out of order (a late record)
-    must still be found, and eviction drops the earliest end first."""
-    ix = LinkIndex(per_cpu=per_cpu)
+       limit=st.integers(1, 12))
+def test_queries_match_a_full_scan_whatever_the_order_spans_come_in(spans, queries, limit):
+    """The index keeps softirq and reclaim entries in order of end time and a query
+    stops at the first that ended before its interval; spans that come out of order (a
+    late record) must still be found, and eviction drops the earliest end first."""
+    ix = LinkIndex(per_cpu=limit, reclaims=limit)
+    ix.add_snapshot(0, [], [])
     kept: list[tuple[int, int, int]] = []  # the reference: (end, start, n) of what the index holds
     for n, (start, length) in enumerate(spans, 1):
         ix.add_softirq(span(n, start, start + length, "softirq"), cpu=3)
-        if len(kept) >= per_cpu:
+        ix.add_reclaim(span(n, start, start + length, "reclaim"), pid=7)
+        if len(kept) >= limit:
             kept.pop(0)
         kept.append((start + length, start, n))
         kept.sort(key=lambda k: k[0])  # stable: equal ends stay in arrival order
-    assert ix.evicted == max(0, len(spans) - per_cpu)
+    assert ix.evicted == 2 * max(0, len(spans) - limit)
+    ids = lambda links: [int.from_bytes(lk.span_id, "big") for lk in links]  # noqa: E731
     for q_start, q_len in queries:
-        got = [int.from_bytes(lk.span_id, "big") for lk in ix.softirq_overlapping(3, q_start, q_start + q_len)]
-        assert got == [n for end, start, n in kept if start <= q_start + q_len and end >= q_start]
+        want = [n for end, start, n in kept if start <= q_start + q_len and end >= q_start]
+        assert ids(ix.softirq_overlapping(3, q_start, q_start + q_len)) == want
+        assert ids(ix.reclaim_overlapping(pid=7, start_ns=q_start, end_ns=q_start + q_len)) == want
+        # the reclaim activity within window_ns before a moment
+        at = ix.memory_pressure_at(q_start + q_len, window_ns=q_len)
+        assert ids(at["links"]) == want
