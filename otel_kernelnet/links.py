@@ -75,6 +75,13 @@ class Snapshot:
     span: Entry | None = None  # the zone_below_min span emitted for this sample, if any
 
 
+# A PFMEMALLOC drop links to at most this many reclaim spans of the second before it (the
+# latest; ``kernelnet.memory.reclaim_spans`` counts them all): under heavy reclaim the
+# window can hold up to the reclaim family's node cap (2,000 by default), and every
+# drop of a burst would carry them all.
+MAX_STALL_LINKS = 32
+
+
 def _sample_time(s: Snapshot) -> int:
     return s.t_ns
 
@@ -214,13 +221,17 @@ class LinkIndex:
             out.reverse()
             return out
 
-    def memory_pressure_at(self, t_ns: int, window_ns: int = 1_000_000_000) -> dict[str, Any] | None:
+    def memory_pressure_at(self, t_ns: int, window_ns: int = 1_000_000_000,
+                           max_stalls: int = MAX_STALL_LINKS) -> dict[str, Any] | None:
         """The memory state at ``t_ns``: the last zone sample at or before it, whether
         a zone was below its min watermark, and links to the zone_below_min span (if
         that sample made one) and to reclaim activity within ``window_ns`` before
-        ``t_ns``. None before the first sample.
+        ``t_ns``: how many reclaim spans overlap that window (``reclaim_spans``) and
+        links to the ``max_stalls`` of them that ended last. None before the first
+        sample.
 
-        ``{"sampled_ns": int, "below_min": ["node0/Normal"], "zones": [{...}], "links": [SpanLink]}``
+        ``{"sampled_ns": int, "below_min": ["node0/Normal"], "zones": [{...}], "links": [SpanLink],
+        "reclaim_spans": int}``
         """
         with self._lock:
             # samples are taken in time order; bisect instead of a list of all their times
@@ -228,8 +239,13 @@ class LinkIndex:
             if i < 0:
                 return None
             snap = self._snapshots[i]
-            stalls = [e.link() for e in _ending_since(self._reclaim, t_ns - window_ns) if e.start_ns <= t_ns]
+            stalls, n = [], 0
+            for e in _ending_since(self._reclaim, t_ns - window_ns):
+                if e.start_ns <= t_ns:
+                    n += 1
+                    if n <= max_stalls:
+                        stalls.append(e.link())
             stalls.reverse()
             links = ([snap.span.link()] if snap.span is not None else []) + stalls
             return {"sampled_ns": snap.t_ns, "below_min": list(snap.below_min),
-                    "zones": [dict(z) for z in snap.zones], "links": links}
+                    "zones": [dict(z) for z in snap.zones], "links": links, "reclaim_spans": n}

@@ -113,6 +113,7 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("kernelnet.skb.protocol_cpu", "int", "CPU that ran protocol processing (differs from the arrival CPU under RPS).", (KIND_SKB,)),
     Attr("kernelnet.memory.below_min", "string", "Zones below their min watermark at the last sample before a PFMEMALLOC drop (node0/Normal, ...; empty: none).", (KIND_DROP,)),
     Attr("kernelnet.memory.sampled_ago_ns", "int", "How long before the drop that zone sample was taken.", (KIND_DROP,)),
+    Attr("kernelnet.memory.reclaim_spans", "int", "Reclaim spans (direct, memcg, throttle) overlapping the second before a PFMEMALLOC drop; the drop links to the 32 of them that ended last.", (KIND_DROP,)),
     # softirq (issue 4)
     Attr("kernelnet.softirq.vector", "string", "Softirq vector name from the running kernel (NET_RX, NET_TX).", (KIND_SOFTIRQ,)),
     Attr("kernelnet.softirq.wait_ns", "int", "raise (or the RPS IPI queueing before it) -> entry: how long the softirq waited to run. Absent when the raise was not seen.", (KIND_SOFTIRQ,)),

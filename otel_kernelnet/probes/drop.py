@@ -179,6 +179,7 @@ def link_memory_pressure(span, links) -> None:
         return
     span.attributes["kernelnet.memory.below_min"] = ",".join(state["below_min"])
     span.attributes["kernelnet.memory.sampled_ago_ns"] = span.start_ns - state["sampled_ns"]
+    span.attributes["kernelnet.memory.reclaim_spans"] = state["reclaim_spans"]
     span.links.extend(state["links"])
 
 

@@ -223,7 +223,30 @@ def test_a_pfmemalloc_drop_links_to_the_memory_state_and_reclaim_of_that_moment(
     link_memory_pressure(drop, idx)
     assert drop.attributes["kernelnet.memory.below_min"] == "node0/Normal"
     assert drop.attributes["kernelnet.memory.sampled_ago_ns"] == 200
+    assert drop.attributes["kernelnet.memory.reclaim_spans"] == 1
     assert [(lk.trace_id, lk.span_id) for lk in drop.links] == [(b"\x01" * 16, b"\x02" * 8)]
     early = KernelSpan("kernel.skb.drop", b"\x05" * 16, b"\x06" * 8, 500, 500, {})
     link_memory_pressure(early, idx)  # before the first sample: nothing claimed
     assert early.links == [] and "kernelnet.memory.below_min" not in early.attributes
+
+
+def test_a_pfmemalloc_drop_under_heavy_reclaim_links_the_latest_stalls_and_counts_them_all():
+    from otel_kernelnet.links import MAX_STALL_LINKS, LinkIndex
+    from otel_kernelnet.probes.drop import link_memory_pressure
+    from otel_kernelnet.spans import KernelSpan
+    idx = LinkIndex()
+    idx.add_snapshot(0, [{"node": 0, "zone": "Normal"}], ["node0/Normal"])
+    t = 5 * 10**9
+    stalls = 3 * MAX_STALL_LINKS
+    for n in range(stalls):  # one every ms in the second before the drop, 0.5 ms each
+        start = t - 200_000_000 + n * 1_000_000
+        idx.add_reclaim(KernelSpan("kernel.reclaim", n.to_bytes(16, "big"), n.to_bytes(8, "big"), start,
+                                   start + 500_000, {"kernelnet.kind": "reclaim"}), pid=42)
+    old = KernelSpan("kernel.reclaim", b"\x09" * 16, b"\x09" * 8, 1, 2, {"kernelnet.kind": "reclaim"})
+    idx.add_reclaim(old, pid=42)  # a late record from long before the window: not counted
+    drop = KernelSpan("kernel.skb.drop", b"\x03" * 16, b"\x04" * 8, t, t,
+                      {"kernelnet.kind": "drop", "kernelnet.drop.reason": "PFMEMALLOC"})
+    link_memory_pressure(drop, idx)
+    assert drop.attributes["kernelnet.memory.reclaim_spans"] == stalls
+    # the ones that ended last, in order of end
+    assert [int.from_bytes(lk.span_id, "big") for lk in drop.links] == list(range(stalls - MAX_STALL_LINKS, stalls))
