@@ -86,6 +86,10 @@ def _sample_time(s: Snapshot) -> int:
     return s.t_ns
 
 
+def _end_time(e: Entry) -> int:
+    return e.end_ns
+
+
 class LinkIndex:
     def __init__(self, per_cpu: int = 256, reclaims: int = 2048, snapshots: int = 512):
         self._lock = threading.Lock()
@@ -239,12 +243,19 @@ class LinkIndex:
             if i < 0:
                 return None
             snap = self._snapshots[i]
-            stalls, n = [], 0
-            for e in _ending_since(self._reclaim, t_ns - window_ns):
-                if e.start_ns <= t_ns:
-                    n += 1
-                    if n <= max_stalls:
-                        stalls.append(e.link())
+            # the entries ending in or after the window are a suffix (ordered by end);
+            # of those, the ones that start after t_ns end after it too, so they are
+            # at its end: read back only past them and the links taken
+            q = self._reclaim
+            n = len(q) - bisect.bisect_left(q, t_ns - window_ns, key=_end_time)
+            stalls: list[SpanLink] = []
+            for e in _ending_since(q, t_ns - window_ns):
+                if e.start_ns > t_ns:
+                    n -= 1
+                elif len(stalls) < max_stalls:
+                    stalls.append(e.link())
+                elif e.end_ns <= t_ns:
+                    break  # the rest end (and so start) at or before t_ns: all in n
             stalls.reverse()
             links = ([snap.span.link()] if snap.span is not None else []) + stalls
             return {"sampled_ns": snap.t_ns, "below_min": list(snap.below_min),

@@ -74,4 +74,20 @@ def test_queries_match_a_full_scan_whatever_the_order_spans_come_in(spans, queri
         assert ids(ix.reclaim_overlapping(pid=7, start_ns=q_start, end_ns=q_start + q_len)) == want
         # the reclaim activity within window_ns before a moment
         at = ix.memory_pressure_at(q_start + q_len, window_ns=q_len)
-        assert ids(at["links"]) == want
+        assert ids(at["links"]) == want and at["reclaim_spans"] == len(want)
+        # at most max_stalls links, to the ones that ended last; the count stays whole
+        at = ix.memory_pressure_at(q_start + q_len, window_ns=q_len, max_stalls=2)
+        assert ids(at["links"]) == want[-2:] and at["reclaim_spans"] == len(want)
+
+
+def test_the_stall_count_skips_spans_that_start_after_the_drop_even_past_the_link_cap():
+    """Ordered by end: O, X, L3, L2, L1. Reading back from L1 with two links taken, L3
+    still ends after the drop (t=100), so X, which starts after it, must be found and
+    left out of the count; O ends before it, and the reading stops there."""
+    ix = LinkIndex()
+    ix.add_snapshot(0, [], [])
+    for n, (start, end) in enumerate([(10, 130), (20, 125), (30, 120), (105, 110), (40, 90)], 1):
+        ix.add_reclaim(span(n, start, end, "reclaim"), pid=1)
+    at = ix.memory_pressure_at(100, window_ns=100, max_stalls=2)
+    assert at["reclaim_spans"] == 4  # all but X
+    assert [lk.span_id[-1] for lk in at["links"]] == [2, 1]  # L2, L1: the two that ended last
