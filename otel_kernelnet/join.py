@@ -198,10 +198,18 @@ class ProcCgroups:
 
 
 class _Index:
-    """App spans per key, sorted by start, with an LRU-ish global age order for eviction."""
+    """App spans per key, sorted by start, with an LRU-ish global age order for eviction.
+
+    Per key also the longest span indexed since the key appeared (``longest``): a span
+    that started more than that before an interval cannot reach it, so a lookup reads
+    only the spans that started within it, not every span of the key (a keep-alive
+    connection has one span per request for ``join.app_ttl_ms``: 30,000 at 1,000
+    requests/s, and each of its watched lifecycle spans looks them up).
+    """
 
     def __init__(self) -> None:
         self.by_key: dict[Any, list[tuple[int, int, AppSpan]]] = {}  # key -> sorted [(start, seq, span)]
+        self.longest: dict[Any, int] = {}  # key -> the longest end - start indexed (never lowered)
         self.order: deque[tuple[int, Any, int, AppSpan]] = deque()  # (expires_ns, key, seq, span), add order
 
     def add(self, key: Any, span: AppSpan, seq: int, expires_ns: int) -> bool:
@@ -210,7 +218,10 @@ class _Index:
         new = lst is None
         if new:
             lst = self.by_key[key] = []
+            self.longest[key] = 0
         bisect.insort(lst, (span.start_ns, seq, span))
+        if span.end_ns - span.start_ns > self.longest[key]:
+            self.longest[key] = span.end_ns - span.start_ns
         self.order.append((expires_ns, key, seq, span))
         return new
 
@@ -219,12 +230,13 @@ class _Index:
         lst = self.by_key.get(key)
         if lst is None:
             return False
-        try:
-            lst.remove((span.start_ns, seq, span))
-        except ValueError:
+        i = bisect.bisect_left(lst, (span.start_ns, seq))  # (start, seq) is unique: no span compared
+        if i == len(lst) or lst[i][1] != seq or lst[i][0] != span.start_ns:
             return False
+        del lst[i]
         if not lst:
             del self.by_key[key]
+            del self.longest[key]
             return True
         return False
 
@@ -233,8 +245,9 @@ class _Index:
         lst = self.by_key.get(key)
         if not lst:
             return []
+        lo = bisect.bisect_left(lst, (start_ns - slack_ns - self.longest[key],))
         hi = bisect.bisect_right(lst, (end_ns + slack_ns, 1 << 62))
-        return [s for (_st, _q, s) in lst[:hi] if s.end_ns >= start_ns - slack_ns]
+        return [s for (_st, _q, s) in lst[lo:hi] if s.end_ns >= start_ns - slack_ns]
 
 
 def choose(span_start: int, span_end: int, cands: list[AppSpan]) -> tuple[AppSpan, list[AppSpan]] | None:

@@ -237,3 +237,29 @@ def test_property_every_kernel_span_leaves_exactly_once_and_joins_only_to_an_ove
             parent = by_id[k.parent_span_id]
             assert parent.cookie == c and k.trace_id == parent.trace_id
             assert parent.start_ns <= k.end_ns and parent.end_ns >= k.start_ns
+
+
+@settings(max_examples=300, deadline=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 1000), st.integers(-5, 300), st.booleans()), max_size=40),
+       queries=st.lists(st.tuples(st.integers(-100, 1400), st.integers(0, 50), st.integers(0, 30)),
+                        min_size=1, max_size=8))
+def test_the_app_index_finds_what_a_full_scan_finds(spans, queries):
+    """A lookup reads only the spans of its key that started within the longest span
+    of the key before its interval; it must find exactly what reading all of them
+    finds, after removals too (the longest is never lowered, so it stays an upper bound)."""
+    from otel_kernelnet.join import _Index
+    ix = _Index()
+    live: list[tuple[int, AppSpan]] = []
+    for seq, (start, length, drop_later) in enumerate(spans):
+        s = AppSpan(tid(seq + 1), sid(seq + 1), start, start + length, cookie=7)
+        ix.add(7, s, seq, 0)
+        live.append((seq, s))
+        if drop_later and len(live) > 1:  # forget an earlier one, as expiry or the bound does
+            gone_seq, gone = live.pop(len(live) // 2)
+            assert ix.remove(7, gone_seq, gone) is (not live)
+            assert ix.remove(7, gone_seq, gone) is False  # not indexed any more: nothing else goes
+    for q_start, q_len, slack in queries:
+        got = ix.candidates(7, q_start, q_start + q_len, slack)
+        want = sorted((s for _, s in live if s.start_ns <= q_start + q_len + slack and s.end_ns >= q_start - slack),
+                      key=lambda s: (s.start_ns, int.from_bytes(s.span_id, "big")))
+        assert got == want
