@@ -22,6 +22,8 @@ bench: setup peers
 	set -e; \
 	$(PY) benchmarks/bench_pipeline.py --quick | tee -a $$out; \
 	$(PY) benchmarks/bench_mapping.py | tee -a $$out; \
+	$(PY) benchmarks/bench_links.py | tee -a $$out; \
+	$(PY) benchmarks/bench_join.py | tee -a $$out; \
 	$(PY) benchmarks/bench_bpf_cost.py --seconds 5 | tee -a $$out; \
 	$(PY) benchmarks/bench_startup.py --runs 4 --idle 5 | tee -a $$out; \
 	$(PY) benchmarks/bench_packet.py --rounds 4 --window 2 | tee -a $$out; \
@@ -36,6 +38,8 @@ bench-full: setup peers
 	set -e; \
 	$(PY) benchmarks/bench_pipeline.py --pairs 20 | tee -a $$out; \
 	$(PY) benchmarks/bench_mapping.py --rounds 20 | tee -a $$out; \
+	$(PY) benchmarks/bench_links.py --rounds 20 | tee -a $$out; \
+	$(PY) benchmarks/bench_join.py --seconds 40 | tee -a $$out; \
 	$(PY) benchmarks/bench_bpf_cost.py --seconds 20 | tee -a $$out; \
 	$(PY) benchmarks/bench_startup.py --runs 10 --idle 60 | tee -a $$out; \
 	$(PY) benchmarks/bench_packet.py --rounds 20 --window 3 | tee -a $$out; \
