@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import threading
 import time
@@ -30,9 +31,10 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import unquote, urlparse
 
+from google.protobuf import descriptor
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 Request = trace_service_pb2.ExportTraceServiceRequest
@@ -71,6 +73,125 @@ def otlp_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 
 # --- JSON for the store ---------------------------------------------------------------
+# What protobuf's json_format.MessageToDict(req, use_integers_for_enums=True) gives,
+# with the span and link ids as hex (OTLP JSON), made by walking each message's set
+# fields (``ListFields``, as json_format does) with one converter per field cached:
+# json_format checks every value's field kind on the way, ~5x the time, and an
+# application's spans pass through here whenever the store is the destination.
+# Anything json_format treats specially that OTLP traces do not use (maps, well-known
+# types, float fields, extensions) takes json_format itself (``_reference_doc``);
+# tests/unit/test_receiver_forward.py compares the two on generated requests.
+_IDS = frozenset(("traceId", "spanId", "parentSpanId"))
+_FD = descriptor.FieldDescriptor
+_INT64 = frozenset((_FD.CPPTYPE_INT64, _FD.CPPTYPE_UINT64))
+_FIELD_JSON: dict[Any, tuple[str, Callable[[Any], Any] | None, bool]] = {}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _b64(v: bytes) -> str:
+    return base64.b64encode(v).decode()
+
+
+def _double(v: float) -> float | str:
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def _field_json(fd: Any) -> tuple[str, Callable[[Any], Any] | None, bool]:
+    """(json name, value converter or None for as-is, repeated) of a field."""
+    got = _FIELD_JSON.get(fd)
+    if got is not None:
+        return got
+    fn: Callable[[Any], Any] | None
+    if fd.is_extension:
+        raise _Unsupported(fd.full_name)
+    if fd.type == _FD.TYPE_MESSAGE:
+        md = fd.message_type
+        if (md.has_options and md.GetOptions().map_entry) or md.file.name.startswith("google/protobuf/"):
+            raise _Unsupported(fd.full_name)
+        fn = _kv_json if _is_key_value(md) else _message_json
+    elif fd.type == _FD.TYPE_BYTES:
+        fn = bytes.hex if fd.json_name in _IDS else _b64
+    elif fd.cpp_type in _INT64:
+        fn = str
+    elif fd.type == _FD.TYPE_DOUBLE:
+        fn = _double
+    elif fd.type == _FD.TYPE_FLOAT:
+        raise _Unsupported(fd.full_name)  # json_format's shortest float32 text
+    elif fd.type == _FD.TYPE_STRING:
+        fn = str
+    elif fd.type == _FD.TYPE_BOOL:
+        fn = bool
+    else:  # 32-bit integers, enums (as integers)
+        fn = None
+    got = _FIELD_JSON[fd] = (fd.json_name, fn, fd.is_repeated)
+    return got
+
+
+# Attributes are most of a span: a KeyValue and its AnyValue read by name (HasField,
+# WhichOneof) rather than through ListFields, which costs ~1 us a message here. Used
+# only where the descriptors have exactly the fields below, in this order (the
+# ``*_strindex`` ones came with OTLP 1.7's profiles; a newer OTLP with other fields
+# takes ListFields).
+_ANY_FIELDS = {"string_value": ("stringValue", str), "bool_value": ("boolValue", bool),
+               "int_value": ("intValue", str), "double_value": ("doubleValue", _double),
+               "bytes_value": ("bytesValue", _b64), "string_value_strindex": ("stringValueStrindex", int)}
+_KV_FIELDS = (["key", "value"], ["key", "value", "key_strindex"])
+
+
+def _is_key_value(md: Any) -> bool:
+    if md.full_name != "opentelemetry.proto.common.v1.KeyValue" or [f.name for f in md.fields] not in _KV_FIELDS:
+        return False
+    av = md.fields_by_name["value"].message_type
+    return (all(f.containing_oneof is not None and f.containing_oneof.name == "value" for f in av.fields)
+            and {f.name for f in av.fields} <= {*_ANY_FIELDS, "array_value", "kvlist_value"}
+            and [f.name for f in av.fields_by_name["array_value"].message_type.fields] == ["values"]
+            and [f.name for f in av.fields_by_name["kvlist_value"].message_type.fields] == ["values"])
+
+
+def _kv_json(kv: Any) -> dict[str, Any]:
+    js: dict[str, Any] = {}
+    if kv.key:
+        js["key"] = kv.key
+    if kv.HasField("value"):
+        js["value"] = _any_json(kv.value)
+    n = getattr(kv, "key_strindex", 0)  # only where the field exists (_KV_FIELDS)
+    if n:
+        js["keyStrindex"] = n
+    return js
+
+
+def _any_json(v: Any) -> dict[str, Any]:
+    which = v.WhichOneof("value")
+    if which is None:
+        return {}
+    conv = _ANY_FIELDS.get(which)
+    if conv is not None:
+        return {conv[0]: conv[1](getattr(v, which))}
+    if which == "array_value":
+        values = v.array_value.values
+        return {"arrayValue": {"values": [_any_json(x) for x in values]} if values else {}}
+    values = v.kvlist_value.values
+    return {"kvlistValue": {"values": [_kv_json(x) for x in values]} if values else {}}
+
+
+def _message_json(msg: Any) -> dict[str, Any]:
+    js: dict[str, Any] = {}
+    for fd, v in msg.ListFields():
+        name, fn, repeated = _FIELD_JSON.get(fd) or _field_json(fd)
+        if repeated:
+            js[name] = [fn(x) for x in v] if fn is not None else list(v)
+        else:
+            js[name] = fn(v) if fn is not None else v
+    return js
+
+
 def _hexify(node: Any) -> Any:
     if isinstance(node, list):
         return [_hexify(x) for x in node]
@@ -78,7 +199,7 @@ def _hexify(node: Any) -> Any:
         return node
     out = {}
     for k, v in node.items():
-        if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str):
+        if k in _IDS and isinstance(v, str):
             out[k] = base64.b64decode(v).hex()
         elif k in ("attributes", "value"):
             out[k] = v
@@ -87,11 +208,19 @@ def _hexify(node: Any) -> Any:
     return out
 
 
+def _reference_doc(req: Request) -> dict[str, Any]:
+    """json_format's own conversion, the ids made hex: the reference and the fallback."""
+    from google.protobuf.json_format import MessageToDict
+    return {"resourceSpans": _hexify(MessageToDict(req, use_integers_for_enums=True).get("resourceSpans", []))}
+
+
 def request_json_line(req: Request) -> bytes:
     """One OTLP JSON Lines record (TracesData) of a request: hex ids, integer enums."""
-    from google.protobuf.json_format import MessageToDict
-    doc = MessageToDict(req, use_integers_for_enums=True)
-    return (json.dumps({"resourceSpans": _hexify(doc.get("resourceSpans", []))}, separators=(",", ":")) + "\n").encode()
+    try:
+        doc = {"resourceSpans": [_message_json(rs) for rs in req.resource_spans]}
+    except _Unsupported:
+        doc = _reference_doc(req)
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 
 # --- targets ----------------------------------------------------------------------------

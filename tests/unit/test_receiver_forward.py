@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 
 from otel_kernelnet.export.forward import (
     Forwarder, GrpcTarget, HttpTarget, Permanent, Retryable, StoreTarget, request_json_line,
@@ -131,3 +132,101 @@ def test_sink_roundtrip_through_the_receiver_format(tmp_path):
     line = request_json_line(req)
     assert decode_json(line) == req
     assert isinstance(decode_json(line), trace_service_pb2.ExportTraceServiceRequest)
+
+
+# --- the store's JSON, against json_format's ---------------------------------------------
+def _fields(msg) -> set[str]:
+    return {f.name for f in msg.DESCRIPTOR.fields}
+
+
+_KEY_VALUE_FIELDS = _fields(common_pb2.KeyValue)
+_ANY_VALUE_FIELDS = _fields(common_pb2.AnyValue)
+
+
+def _any_values():
+    from hypothesis import strategies as st
+    scalar = st.one_of(
+        st.builds(lambda v: {"string_value": v}, st.text(max_size=8)),
+        st.builds(lambda v: {"bool_value": v}, st.booleans()),
+        st.builds(lambda v: {"int_value": v}, st.integers(-(1 << 63), (1 << 63) - 1)),
+        st.builds(lambda v: {"double_value": v}, st.floats(allow_nan=True, allow_infinity=True)),
+        st.builds(lambda v: {"bytes_value": v}, st.binary(max_size=8)),
+        *([st.builds(lambda v: {"string_value_strindex": v}, st.integers(0, (1 << 31) - 1))]
+          if "string_value_strindex" in _ANY_VALUE_FIELDS else []),
+        st.just({}))  # a KeyValue whose AnyValue is set but empty
+    return st.recursive(scalar, lambda inner: st.one_of(
+        st.builds(lambda vs: {"array_value": {"values": vs}}, st.lists(inner, max_size=3)),
+        st.builds(lambda kvs: {"kvlist_value": {"values": [{"key": k, "value": v} for k, v in kvs]}},
+                  st.lists(st.tuples(st.text(max_size=4), inner), max_size=3))), max_leaves=6)
+
+
+def _key_values(values):
+    """KeyValue dicts: a key, a value, and (where the proto has it) a key_strindex."""
+    from hypothesis import strategies as st
+    extra = {"key_strindex": st.integers(0, (1 << 31) - 1)} if "key_strindex" in _KEY_VALUE_FIELDS else {}
+    return st.lists(st.fixed_dictionaries({}, optional={"key": st.text(max_size=6), "value": values, **extra}),
+                    max_size=4)
+
+
+def _requests():
+    from hypothesis import strategies as st
+    attrs = _key_values(_any_values())
+    u32, u64 = st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 64) - 1)
+    event = st.fixed_dictionaries({}, optional={"time_unix_nano": u64, "name": st.text(max_size=5),
+                                                "attributes": attrs, "dropped_attributes_count": u32})
+    link = st.fixed_dictionaries({}, optional={
+        "trace_id": st.binary(min_size=16, max_size=16), "span_id": st.binary(min_size=8, max_size=8),
+        "trace_state": st.text(max_size=5), "attributes": attrs, "dropped_attributes_count": u32, "flags": u32})
+    span = st.fixed_dictionaries({}, optional={
+        "trace_id": st.binary(min_size=16, max_size=16), "span_id": st.binary(min_size=8, max_size=8),
+        "trace_state": st.text(max_size=5), "parent_span_id": st.binary(max_size=8), "flags": u32,
+        "name": st.text(max_size=8), "kind": st.integers(0, 7), "start_time_unix_nano": u64,
+        "end_time_unix_nano": u64, "attributes": attrs, "dropped_attributes_count": u32,
+        "events": st.lists(event, max_size=2), "dropped_events_count": u32, "links": st.lists(link, max_size=2),
+        "dropped_links_count": u32,
+        "status": st.fixed_dictionaries({}, optional={"message": st.text(max_size=5), "code": st.integers(0, 3)})})
+    scope = st.fixed_dictionaries({}, optional={"name": st.text(max_size=5), "version": st.text(max_size=3),
+                                                "attributes": attrs, "dropped_attributes_count": u32})
+    scope_spans = st.fixed_dictionaries({}, optional={"scope": scope, "spans": st.lists(span, max_size=3),
+                                                      "schema_url": st.text(max_size=5)})
+    resource = st.fixed_dictionaries({}, optional={"attributes": attrs, "dropped_attributes_count": u32})
+    rs = st.fixed_dictionaries({}, optional={"resource": resource, "scope_spans": st.lists(scope_spans, max_size=2),
+                                             "schema_url": st.text(max_size=5)})
+
+    def build(doc: dict) -> trace_service_pb2.ExportTraceServiceRequest:
+        req = trace_service_pb2.ExportTraceServiceRequest()
+        for r in doc["resource_spans"]:
+            _fill(req.resource_spans.add(), r)
+        return req
+
+    def _fill(msg, d):  # a dict of Python values into a message, field by field
+        for k, v in d.items():
+            fd = msg.DESCRIPTOR.fields_by_name[k]
+            if fd.message_type is not None and fd.is_repeated:
+                for item in v:
+                    _fill(getattr(msg, k).add(), item)
+            elif fd.message_type is not None:
+                sub = getattr(msg, k)
+                sub.SetInParent()
+                _fill(sub, v)
+            else:
+                setattr(msg, k, v)
+    return st.fixed_dictionaries({"resource_spans": st.lists(rs, max_size=2)}).map(build)
+
+
+def test_the_store_line_is_json_formats_with_hex_ids():
+    """Generated requests with every field of the trace messages and every AnyValue kind
+    (NaN, infinities, 64-bit integers, bytes, nesting, set-but-empty values): the fast
+    conversion writes the same line as json_format's MessageToDict with the ids made
+    hex, which it replaced."""
+    from hypothesis import given, settings
+
+    from otel_kernelnet.export.forward import _reference_doc
+
+    @settings(max_examples=300, deadline=None)
+    @given(_requests())
+    def check(req):
+        want = (json.dumps(_reference_doc(req), separators=(",", ":")) + "\n").encode()
+        assert request_json_line(req) == want
+
+    check()
