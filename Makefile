@@ -29,7 +29,7 @@ bench: setup peers
 	$(PY) benchmarks/bench_packet.py --rounds 4 --window 2 | tee -a $$out; \
 	$(PY) benchmarks/bench_saturation.py --rounds 2 --window 3 | tee -a $$out; \
 	$(PY) benchmarks/bench_latency.py --rates 1000,6000,10000 --seconds 10 | tee -a $$out; \
-	$(PY) benchmarks/bench_keepalive.py --seconds 20 | tee -a $$out; \
+	$(PY) benchmarks/bench_keepalive.py --seconds 10 | tee -a $$out; \
 	echo "results: $$out"
 
 # The full set (60 s sustained pipeline run, 10 start-up runs with 60 s idle).
